@@ -1,0 +1,426 @@
+//! Daemon configuration: a TOML file, a drop-in directory applied in name
+//! order, then `CRICKET_*` environment variables (`CRICKET_LOG__LEVEL=debug`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/cricket/cricket.toml";
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/cricket/cricket.d";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("environment (CRICKET_*): {0}")]
+    Env(String),
+    #[error("config drop-in directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration: key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// CRI gRPC unix socket.
+    pub socket: PathBuf,
+    /// Persistent state: images, sandboxes, containers.
+    pub root: PathBuf,
+    /// Volatile state: sockets, pinned namespaces, monitor dirs.
+    pub run: PathBuf,
+    pub log: LogConfig,
+    pub cgroup: CgroupConfig,
+    pub registries: RegistriesConfig,
+    pub pull: PullConfig,
+    pub images: ImagesConfig,
+    pub cni: CniConfig,
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: a level (`info`) or directives (`cricket=debug,info`).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupConfig {
+    /// Must match kubelet's `cgroupDriver`.
+    pub driver: CgroupDriver,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistriesConfig {
+    /// Registry that short names (`busybox`) resolve to.
+    pub default: String,
+    /// Credentials in docker `config.json` format; empty for none.
+    pub auth_file: PathBuf,
+    /// Per-registry settings, keyed by registry host (`docker.io`, `127.0.0.1:5000`).
+    pub hosts: BTreeMap<String, RegistryHost>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryHost {
+    /// Endpoints tried in order before the registry itself, e.g. `http://127.0.0.1:5000`.
+    pub mirrors: Vec<String>,
+    /// Never contact the registry itself: pull only through its mirrors.
+    pub mirrors_only: bool,
+    /// Talk to this registry over plain HTTP (or HTTPS without verification).
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullConfig {
+    /// Whole-pull limit in seconds; 0 for none.
+    pub timeout_secs: u64,
+    /// Abort a layer download that receives no bytes for this many seconds.
+    pub progress_timeout_secs: u64,
+    /// TCP/TLS connect limit per registry request, in seconds.
+    pub connect_timeout_secs: u64,
+    /// Layers downloaded and unpacked at once per pull.
+    pub max_concurrent_layers: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Images reported as pinned (kubelet never garbage-collects them); a trailing `*` matches a prefix.
+    pub pinned: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandler {
+    #[serde(rename = "type")]
+    pub kind: HandlerKind,
+    /// Runtime binary for `type = "oci"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerKind {
+    Linux,
+    Oci,
+    Wasm,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: "/run/cricket/cricket.sock".into(),
+            root: "/var/lib/cricket".into(),
+            run: "/run/cricket".into(),
+            log: LogConfig::default(),
+            cgroup: CgroupConfig { driver: CgroupDriver::Cgroupfs },
+            registries: RegistriesConfig::default(),
+            pull: PullConfig::default(),
+            images: ImagesConfig::default(),
+            cni: CniConfig::default(),
+            runtimes: BTreeMap::from([(
+                "default".to_string(),
+                RuntimeHandler { kind: HandlerKind::Linux, path: None },
+            )]),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig { driver: CgroupDriver::Cgroupfs }
+    }
+}
+
+impl Default for RegistriesConfig {
+    fn default() -> Self {
+        RegistriesConfig { default: "docker.io".into(), auth_file: PathBuf::new(), hosts: BTreeMap::new() }
+    }
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        PullConfig { timeout_secs: 0, progress_timeout_secs: 60, connect_timeout_secs: 10, max_concurrent_layers: 4 }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+        }
+    }
+}
+
+/// Where configuration comes from; `file_required` is set when the user named the file.
+pub struct Sources<'a> {
+    pub file: &'a Path,
+    pub file_required: bool,
+    pub dir: &'a Path,
+}
+
+impl Config {
+    /// Loads file, drop-ins and environment, rejecting unknown keys and bad values
+    /// with the file (or the environment) that holds them.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut files = Vec::new();
+        if sources.file_required || sources.file.exists() {
+            files.push(sources.file.to_path_buf());
+        }
+        files.extend(drop_ins(sources.dir)?);
+
+        let mut builder = config::Config::builder();
+        for path in &files {
+            // Each file alone must be valid, so the error can name it.
+            let single = config::Config::builder()
+                .add_source(File::from(path.as_path()).format(FileFormat::Toml))
+                .build()
+                .and_then(|c| c.try_deserialize::<Config>())
+                .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
+            single.validate().map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        }
+        let env = || {
+            Environment::with_prefix("CRICKET")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("cni.bin_dirs")
+                .with_list_parse_key("images.pinned")
+        };
+        config::Config::builder()
+            .add_source(env())
+            .build()
+            .and_then(|c| c.try_deserialize::<Config>())
+            .map_err(|e| ConfigError::Env(e.to_string()))?;
+        let merged = builder
+            .add_source(env())
+            .build()
+            .and_then(|c| c.try_deserialize::<Config>())
+            .map_err(|e| ConfigError::Env(e.to_string()))?;
+        merged.validate()?;
+        Ok(merged)
+    }
+
+    /// Checks values serde can't: paths, hosts, URLs, filters, handler options.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
+        for (key, path) in [("socket", &self.socket), ("root", &self.root), ("run", &self.run), ("cni.conf_dir", &self.cni.conf_dir)] {
+            if !path.is_absolute() {
+                return invalid(key, format!("{} is not an absolute path", path.display()));
+            }
+        }
+        if self.cni.bin_dirs.iter().any(|p| !p.is_absolute()) {
+            return invalid("cni.bin_dirs", "every entry must be an absolute path".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid("log.level", format!("{:?} is not a level or filter: {e}", self.log.level));
+        }
+        if !valid_host(&self.registries.default) {
+            return invalid("registries.default", format!("{:?} is not a registry host", self.registries.default));
+        }
+        for (host, settings) in &self.registries.hosts {
+            let key = format!("registries.hosts.\"{host}\"");
+            if !valid_host(host) {
+                return invalid(&key, format!("{host:?} is not a registry host"));
+            }
+            for mirror in &settings.mirrors {
+                if let Err(message) = parse_endpoint(mirror) {
+                    return invalid(&format!("{key}.mirrors"), message);
+                }
+            }
+            if settings.mirrors_only && settings.mirrors.is_empty() {
+                return invalid(&format!("{key}.mirrors_only"), "set, but no mirrors are listed".into());
+            }
+        }
+        if self.pull.max_concurrent_layers == 0 {
+            return invalid("pull.max_concurrent_layers", "must be at least 1".into());
+        }
+        if self.pull.progress_timeout_secs == 0 || self.pull.connect_timeout_secs == 0 {
+            return invalid("pull", "progress_timeout_secs and connect_timeout_secs must be at least 1".into());
+        }
+        if !self.runtimes.contains_key("default") {
+            return invalid("runtimes", "no `default` handler (used when runtime_handler is empty)".into());
+        }
+        for (name, handler) in &self.runtimes {
+            let key = format!("runtimes.{name}");
+            match (handler.kind, &handler.path) {
+                (HandlerKind::Oci, None) => return invalid(&key, "type \"oci\" needs `path` to the runtime binary".into()),
+                (HandlerKind::Oci, Some(p)) if !p.is_absolute() => {
+                    return invalid(&format!("{key}.path"), format!("{} is not an absolute path", p.display()))
+                }
+                (HandlerKind::Linux | HandlerKind::Wasm, Some(_)) => {
+                    return invalid(&format!("{key}.path"), "only handlers of type \"oci\" take a path".into())
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings for a registry host, or the defaults.
+    pub fn registry_host(&self, host: &str) -> RegistryHost {
+        self.registries.hosts.get(host).cloned().unwrap_or_default()
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ConfigError::Dir { path: dir.into(), source }),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && !host.contains('/')
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+}
+
+/// A mirror endpoint: `http://host[:port]` or `https://host[:port]` (scheme optional, https assumed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub plain_http: bool,
+}
+
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let (plain_http, rest) = match s.split_once("://") {
+        Some(("http", rest)) => (true, rest),
+        Some(("https", rest)) => (false, rest),
+        Some((scheme, _)) => return Err(format!("{s:?}: scheme {scheme:?} is not http or https")),
+        None => (false, s),
+    };
+    let host = rest.trim_end_matches('/');
+    if !valid_host(host) {
+        return Err(format!("{s:?} is not a registry endpoint (scheme://host[:port])"));
+    }
+    Ok(Endpoint { host: host.to_string(), plain_http })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cricket-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn load(file: &Path, dir: &Path) -> Result<Config, ConfigError> {
+        Config::load(&Sources { file, file_required: true, dir })
+    }
+
+    #[test]
+    fn shipped_config_is_the_default() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/cricket.toml");
+        let cfg = load(&shipped, Path::new("/nonexistent")).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn drop_ins_apply_in_name_order_and_hosts_keep_dots() {
+        let d = tmpdir();
+        let main = d.join("main.toml");
+        std::fs::write(&main, "root = \"/srv/a\"\n").unwrap();
+        let dd = d.join("d");
+        std::fs::create_dir(&dd).unwrap();
+        std::fs::write(dd.join("20-b.toml"), "root = \"/srv/c\"\n").unwrap();
+        std::fs::write(dd.join("10-a.toml"), "root = \"/srv/b\"\n[registries.hosts.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\nmirrors_only = true\n").unwrap();
+        std::fs::write(dd.join("ignored.txt"), "garbage").unwrap();
+        let cfg = load(&main, &dd).unwrap();
+        assert_eq!(cfg.root, PathBuf::from("/srv/c"));
+        let host = cfg.registry_host("docker.io");
+        assert_eq!(host.mirrors, vec!["http://127.0.0.1:5000".to_string()]);
+        assert!(host.mirrors_only);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let d = tmpdir();
+        let main = d.join("main.toml");
+        std::fs::write(&main, "[pull]\nmax_concurent_layers = 3\n").unwrap();
+        let err = load(&main, &d.join("none")).unwrap_err().to_string();
+        assert!(err.contains("main.toml") && err.contains("max_concurent_layers"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_file() {
+        let d = tmpdir();
+        let f = d.join("bad.toml");
+        for (text, needle) in [
+            ("[cgroup]\ndriver = \"cgroupfs2\"\n", "cgroupfs2"),
+            ("root = \"relative/dir\"\n", "root"),
+            ("[registries.hosts.\"docker.io\"]\nmirrors = [\"ftp://x\"]\n", "ftp"),
+            ("[runtimes.runc]\ntype = \"oci\"\n", "runtimes.runc"),
+            ("[log]\nlevel = \"loud=[\"\n", "log.level"),
+            ("[pull]\nmax_concurrent_layers = -1\n", "max_concurrent_layers"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let err = load(&f, &d.join("none")).unwrap_err().to_string();
+            assert!(err.contains("bad.toml") && err.contains(needle), "{text}: {err}");
+        }
+        let missing = load(&d.join("missing.toml"), &d).unwrap_err().to_string();
+        assert!(missing.contains("missing.toml"), "{missing}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(parse_endpoint("http://127.0.0.1:5000/").unwrap(), Endpoint { host: "127.0.0.1:5000".into(), plain_http: true });
+        assert_eq!(parse_endpoint("mirror.example.com").unwrap(), Endpoint { host: "mirror.example.com".into(), plain_http: false });
+        assert!(parse_endpoint("http://a/b").is_err());
+    }
+}

@@ -1,0 +1,438 @@
+//! Pulls an image: resolve the manifest through mirrors then the registry,
+//! pick the platform, fetch the config, then stream every layer straight
+//! into its snapshot (download, digest check, decompress, untar in one pass,
+//! one blocking thread per layer).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::auth::{self, Credentials};
+use super::reference::ImageName;
+use super::store::{remove_path, ImageRecord, Store};
+use super::unpack::{self, Compression};
+use super::ImageError;
+use crate::config::{parse_endpoint, Config};
+
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+const MAX_CONFIG_BYTES: i64 = 16 << 20;
+
+/// One place a pull may come from.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    /// Host to contact (the registry itself or a mirror).
+    host: String,
+    plain_http: bool,
+    mirror: bool,
+}
+
+impl Endpoint {
+    fn describe(&self) -> String {
+        let scheme = if self.plain_http { "http" } else { "https" };
+        if self.mirror {
+            format!("mirror {scheme}://{}", self.host)
+        } else {
+            format!("{scheme}://{}", self.host)
+        }
+    }
+
+    fn reference(&self, name: &ImageName, digest: Option<&str>) -> Reference {
+        let mut r = match (digest.or(name.digest.as_deref()), &name.tag) {
+            (Some(d), _) => Reference::with_digest(name.registry.clone(), name.repository.clone(), d.to_string()),
+            (None, Some(t)) => Reference::with_tag(name.registry.clone(), name.repository.clone(), t.clone()),
+            (None, None) => Reference::with_tag(name.registry.clone(), name.repository.clone(), "latest".into()),
+        };
+        if self.mirror {
+            r.set_mirror_registry(self.host.clone());
+        }
+        r
+    }
+}
+
+/// Why one endpoint failed; the kind picks the gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    NotFound,
+    Unauthorized,
+    Unreachable,
+    BadContent,
+    Unsupported,
+}
+
+struct Failure {
+    kind: FailureKind,
+    message: String,
+}
+
+fn fail(kind: FailureKind, message: impl Into<String>) -> Failure {
+    Failure { kind, message: message.into() }
+}
+
+fn classify(e: OciDistributionError) -> Failure {
+    use OciDistributionError as E;
+    let kind = match &e {
+        E::ImageManifestNotFoundError(_) => FailureKind::NotFound,
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => FailureKind::Unauthorized,
+        E::RequestError(_) | E::IoError(_) | E::ServerError { .. } => FailureKind::Unreachable,
+        E::RegistryError { envelope, .. } => {
+            use oci_client::errors::OciErrorCode as C;
+            match envelope.errors.first().map(|e| &e.code) {
+                Some(C::ManifestUnknown | C::NameUnknown | C::NotFound | C::BlobUnknown) => FailureKind::NotFound,
+                Some(C::Unauthorized | C::Denied) => FailureKind::Unauthorized,
+                _ => FailureKind::Unreachable,
+            }
+        }
+        E::UnsupportedMediaTypeError(_) | E::UnsupportedSchemaVersionError(_) => FailureKind::Unsupported,
+        _ => FailureKind::BadContent,
+    };
+    // reqwest's Display hides the cause ("error sending request"); show the chain.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message = format!("{message}: {s}");
+        source = s.source();
+    }
+    Failure { kind, message }
+}
+
+pub struct Puller {
+    config: Arc<Config>,
+    store: Arc<Store>,
+}
+
+/// What the manifest step found.
+struct Resolved {
+    /// Digest the name resolved to (an index's digest for multi-arch images).
+    top_digest: String,
+    manifest: OciImageManifest,
+    /// Raw manifest (and index) documents to keep, by digest.
+    documents: Vec<(String, Vec<u8>)>,
+}
+
+impl Puller {
+    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Puller {
+        Puller { config, store }
+    }
+
+    /// Pulls `name` and returns the image ID.
+    pub async fn pull(&self, name: &ImageName, creds: Option<Credentials>) -> Result<String, ImageError> {
+        let endpoints = self.endpoints(name)?;
+        let client = self.client(&endpoints);
+        let mut failures: Vec<(Endpoint, Failure)> = Vec::new();
+        for ep in endpoints {
+            let attempt = async {
+                let auth = self.auth_for(&ep, name, creds.clone()).await?;
+                let resolved = self.resolve(&client, &ep, name, &auth).await?;
+                self.fetch(&client, &ep, name, resolved).await
+            };
+            match attempt.await {
+                Ok(id) => return Ok(id),
+                Err(f) => {
+                    tracing::info!(image = %name, endpoint = %ep.describe(), error = %f.message, "pull attempt failed");
+                    failures.push((ep, f));
+                }
+            }
+        }
+        // The last endpoint tried is the most authoritative (the registry itself).
+        let kind = failures.last().map_or(FailureKind::Unreachable, |(_, f)| f.kind);
+        let detail = failures.iter().map(|(ep, f)| format!("{}: {}", ep.describe(), f.message)).collect::<Vec<_>>().join("; ");
+        Err(ImageError::Pull { image: name.to_string(), kind, detail })
+    }
+
+    fn endpoints(&self, name: &ImageName) -> Result<Vec<Endpoint>, ImageError> {
+        let settings = self.config.registry_host(&name.registry);
+        let mut out = Vec::new();
+        for m in &settings.mirrors {
+            let e = parse_endpoint(m).map_err(|message| ImageError::InvalidReference { reference: name.to_string(), reason: message })?;
+            let plain_http = e.plain_http || self.config.registry_host(&e.host).insecure;
+            out.push(Endpoint { host: e.host, plain_http, mirror: true });
+        }
+        if !settings.mirrors_only {
+            out.push(Endpoint { host: name.registry.clone(), plain_http: settings.insecure, mirror: false });
+        }
+        Ok(out)
+    }
+
+    /// A client per pull: oci-client caches credentials per host, and one
+    /// pull's secrets must never serve another pull.
+    fn client(&self, endpoints: &[Endpoint]) -> Client {
+        let plain: Vec<String> = endpoints
+            .iter()
+            .filter(|e| e.plain_http)
+            .flat_map(|e| {
+                let api = if e.host == "docker.io" { vec!["index.docker.io".to_string()] } else { vec![] };
+                api.into_iter().chain([e.host.clone()])
+            })
+            .collect();
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain),
+            platform_resolver: None,
+            max_concurrent_download: self.config.pull.max_concurrent_layers,
+            connect_timeout: Some(Duration::from_secs(self.config.pull.connect_timeout_secs)),
+            read_timeout: Some(Duration::from_secs(self.config.pull.progress_timeout_secs)),
+            user_agent: concat!("cricket/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        })
+    }
+
+    /// CRI credentials go only to the registry they were given for; mirrors
+    /// use what the credentials file holds for them.
+    async fn auth_for(&self, ep: &Endpoint, name: &ImageName, creds: Option<Credentials>) -> Result<RegistryAuth, Failure> {
+        let configured = || {
+            auth::from_file(&self.config.registries.auth_file, &ep.host).map_err(|e| fail(FailureKind::Unauthorized, e.to_string()))
+        };
+        let chosen = match (ep.mirror, creds) {
+            (false, Some(c)) => Some(c),
+            _ => configured()?,
+        };
+        if matches!(chosen, Some(Credentials::Identity { .. })) {
+            let http = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(self.config.pull.connect_timeout_secs))
+                .build()
+                .map_err(|e| fail(FailureKind::Unreachable, e.to_string()))?;
+            let scheme = if ep.plain_http { "http" } else { "https" };
+            return auth::resolve(chosen, scheme, &ep.host, &name.repository, &http)
+                .await
+                .map_err(|m| fail(FailureKind::Unauthorized, m));
+        }
+        Ok(match chosen {
+            Some(Credentials::Basic { username, password }) => RegistryAuth::Basic(username, password),
+            Some(Credentials::Bearer(t)) => RegistryAuth::Bearer(t),
+            _ => RegistryAuth::Anonymous,
+        })
+    }
+
+    async fn resolve(&self, client: &Client, ep: &Endpoint, name: &ImageName, auth: &RegistryAuth) -> Result<Resolved, Failure> {
+        let reference = ep.reference(name, None);
+        let (raw, digest) = client.pull_manifest_raw(&reference, auth, MANIFEST_TYPES).await.map_err(classify)?;
+        check_digest(&raw, &digest)?;
+        if let Some(wanted) = &name.digest {
+            if &digest != wanted {
+                return Err(fail(FailureKind::BadContent, format!("manifest digest {digest} does not match requested {wanted}")));
+            }
+        }
+        let mut documents = vec![(digest.clone(), raw.to_vec())];
+        let doc = parse_manifest(&raw)?;
+        let manifest = match doc {
+            Document::Manifest(m) => m,
+            Document::Index(index) => {
+                let chosen = choose_platform(&index)?;
+                let (raw, d) = client
+                    .pull_manifest_raw(&ep.reference(name, Some(&chosen)), auth, MANIFEST_TYPES)
+                    .await
+                    .map_err(classify)?;
+                check_digest(&raw, &chosen)?;
+                documents.push((d, raw.to_vec()));
+                match parse_manifest(&raw)? {
+                    Document::Manifest(m) => m,
+                    Document::Index(_) => return Err(fail(FailureKind::Unsupported, "an image index nested in an image index")),
+                }
+            }
+        };
+        Ok(Resolved { top_digest: digest, manifest, documents })
+    }
+
+    async fn fetch(&self, client: &Client, ep: &Endpoint, name: &ImageName, r: Resolved) -> Result<String, Failure> {
+        let reference = ep.reference(name, Some(&r.top_digest));
+        let cfg_desc = &r.manifest.config;
+        if cfg_desc.size > MAX_CONFIG_BYTES {
+            return Err(fail(FailureKind::BadContent, format!("image config is {} bytes, over the 16 MiB limit", cfg_desc.size)));
+        }
+        let mut config_raw = Vec::with_capacity(cfg_desc.size.max(0) as usize);
+        client.pull_blob(&reference, cfg_desc, &mut config_raw).await.map_err(classify)?;
+        check_digest(&config_raw, &cfg_desc.digest)?;
+        let config: serde_json::Value = serde_json::from_slice(&config_raw)
+            .map_err(|e| fail(FailureKind::BadContent, format!("image config {} is not JSON: {e}", cfg_desc.digest)))?;
+        if let Some(os) = config.get("os").and_then(|v| v.as_str()) {
+            if os != "linux" {
+                return Err(fail(FailureKind::Unsupported, format!("image is for os {os:?}, not linux")));
+            }
+        }
+        let diff_ids: Vec<String> = config
+            .pointer("/rootfs/diff_ids")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        let layers = &r.manifest.layers;
+        if diff_ids.len() != layers.len() {
+            return Err(fail(
+                FailureKind::BadContent,
+                format!("image config lists {} diff IDs but the manifest has {} layers", diff_ids.len(), layers.len()),
+            ));
+        }
+        for (layer, diff_id) in layers.iter().zip(&diff_ids) {
+            super::reference::validate_digest(&layer.digest)
+                .and_then(|_| super::reference::validate_digest(diff_id))
+                .map_err(|m| fail(FailureKind::BadContent, format!("layer {}: {m}", layer.digest)))?;
+            if Compression::from_media_type(&layer.media_type).is_none() {
+                return Err(fail(FailureKind::Unsupported, format!("layer {} has media type {:?}", layer.digest, layer.media_type)));
+            }
+        }
+
+        let _lease = self.store.lease(&diff_ids);
+        let jobs: Vec<(OciDescriptor, String)> = layers.iter().cloned().zip(diff_ids.iter().cloned()).collect();
+        let reference = &reference;
+        futures::stream::iter(jobs)
+            .map(|(desc, diff_id)| async move { self.fetch_layer(client, reference, &desc, &diff_id).await })
+            .buffer_unordered(self.config.pull.max_concurrent_layers)
+            .try_collect::<Vec<()>>()
+            .await?;
+
+        let io_fail = |e: std::io::Error| fail(FailureKind::Unreachable, format!("writing to the image store: {e}"));
+        let mut manifests = Vec::new();
+        for (digest, raw) in r.documents {
+            self.store.write_blob(&digest, raw).await.map_err(io_fail)?;
+            manifests.push(digest);
+        }
+        self.store.write_blob(&cfg_desc.digest, config_raw).await.map_err(io_fail)?;
+        let size = cfg_desc.size.max(0) as u64 + layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+        let user = config.pointer("/config/User").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let record = ImageRecord {
+            id: cfg_desc.digest.clone(),
+            repo_tags: name.tagged().into_iter().collect(),
+            repo_digests: vec![name.with_digest(&r.top_digest)],
+            manifests,
+            layers: diff_ids,
+            size,
+            user,
+        };
+        self.store.put_image(record).await.map_err(io_fail)?;
+        Ok(cfg_desc.digest.clone())
+    }
+
+    async fn fetch_layer(&self, client: &Client, reference: &Reference, desc: &OciDescriptor, diff_id: &str) -> Result<(), Failure> {
+        let _guard = self.store.lock_layer(diff_id).await;
+        if self.store.layer(diff_id).is_some() {
+            return Ok(());
+        }
+        let compression = Compression::from_media_type(&desc.media_type)
+            .ok_or_else(|| fail(FailureKind::Unsupported, format!("layer media type {:?}", desc.media_type)))?;
+        let sized = client.pull_blob_stream(reference, desc).await.map_err(classify)?;
+        let tmp = self.store.temp_dir().map_err(|e| fail(FailureKind::Unreachable, format!("image store: {e}")))?;
+        let reader = SyncIoBridge::new(StreamReader::new(sized.stream));
+        let (digest, diff, dest) = (desc.digest.clone(), diff_id.to_string(), tmp.clone());
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || unpack::apply_layer(reader, compression, &digest, Some(&diff), &dest))
+            .await
+            .map_err(|e| fail(FailureKind::Unreachable, format!("layer worker: {e}")))
+            .and_then(|r| r.map_err(|e| fail(FailureKind::BadContent, format!("layer {}: {e}", desc.digest))));
+        let stats = match result {
+            Ok(s) => s,
+            Err(f) => {
+                let _ = tokio::task::spawn_blocking(move || remove_path(&tmp)).await;
+                return Err(f);
+            }
+        };
+        tracing::debug!(layer = %desc.digest, bytes = stats.bytes, elapsed_ms = started.elapsed().as_millis() as u64, "layer unpacked");
+        self.store
+            .commit_layer(diff_id, &desc.digest, &tmp, stats.bytes, stats.inodes)
+            .await
+            .map_err(|e| fail(FailureKind::Unreachable, format!("image store: {e}")))
+    }
+}
+
+enum Document {
+    Index(OciImageIndex),
+    Manifest(OciImageManifest),
+}
+
+fn parse_manifest(raw: &[u8]) -> Result<Document, Failure> {
+    let value: serde_json::Value =
+        serde_json::from_slice(raw).map_err(|e| fail(FailureKind::BadContent, format!("manifest is not JSON: {e}")))?;
+    if value.get("schemaVersion").and_then(|v| v.as_i64()) == Some(1) {
+        return Err(fail(FailureKind::Unsupported, "docker schema 1 manifests are deprecated and not supported"));
+    }
+    let media = value.get("mediaType").and_then(|v| v.as_str()).unwrap_or("");
+    let is_index = media.contains("index") || media.contains("manifest.list") || value.get("manifests").is_some();
+    let bad = |e: serde_json::Error| fail(FailureKind::BadContent, format!("malformed manifest: {e}"));
+    if is_index {
+        serde_json::from_value(value).map(Document::Index).map_err(bad)
+    } else {
+        serde_json::from_value(value).map(Document::Manifest).map_err(bad)
+    }
+}
+
+fn check_digest(data: &[u8], digest: &str) -> Result<(), Failure> {
+    let actual = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+    if actual != digest {
+        return Err(fail(FailureKind::BadContent, format!("digest mismatch: expected {digest}, got {actual}")));
+    }
+    Ok(())
+}
+
+/// GOARCH-style name and variant of the host.
+pub fn host_platform() -> (&'static str, Option<&'static str>) {
+    match std::env::consts::ARCH {
+        "x86_64" => ("amd64", None),
+        "aarch64" => ("arm64", Some("v8")),
+        "arm" => ("arm", Some("v7")),
+        "x86" => ("386", None),
+        "powerpc64" => ("ppc64le", None),
+        "s390x" => ("s390x", None),
+        "riscv64" => ("riscv64", None),
+        other => (other, None),
+    }
+}
+
+fn choose_platform(index: &OciImageIndex) -> Result<String, Failure> {
+    let (arch, variant) = host_platform();
+    let candidates: Vec<_> = index
+        .manifests
+        .iter()
+        .filter(|m| m.platform.as_ref().is_some_and(|p| p.os.to_string() == "linux" && p.architecture.to_string() == arch))
+        .collect();
+    let exact = candidates.iter().find(|m| {
+        let v = m.platform.as_ref().and_then(|p| p.variant.as_deref());
+        v.is_none() || v == variant
+    });
+    exact.or(candidates.first()).map(|m| m.digest.clone()).ok_or_else(|| {
+        let offered: Vec<String> = index
+            .manifests
+            .iter()
+            .filter_map(|m| m.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture)))
+            .collect();
+        fail(FailureKind::Unsupported, format!("no linux/{arch} image in the index (it has: {})", offered.join(", ")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_parse_and_reject() {
+        assert!(matches!(parse_manifest(b"<html>"), Err(Failure { kind: FailureKind::BadContent, .. })));
+        assert!(matches!(parse_manifest(br#"{"schemaVersion":1}"#), Err(Failure { kind: FailureKind::Unsupported, .. })));
+        let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aa","size":1,"platform":{"os":"linux","architecture":"s390x"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":1,"platform":{"os":"linux","architecture":"amd64"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:cc","size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}]}"#;
+        let Ok(Document::Index(index)) = parse_manifest(idx) else { panic!("index not parsed") };
+        let want = match host_platform().0 {
+            "amd64" => "sha256:bb",
+            "arm64" => "sha256:cc",
+            _ => return,
+        };
+        assert_eq!(choose_platform(&index).ok().as_deref(), Some(want));
+    }
+
+    #[test]
+    fn digest_check() {
+        let d = format!("sha256:{}", hex::encode(Sha256::digest(b"x")));
+        assert!(check_digest(b"x", &d).is_ok());
+        assert!(check_digest(b"y", &d).is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! cricket: a Kubernetes container runtime speaking CRI over a unix socket.
+
+mod config;
+mod image;
+mod network;
+mod server;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use config::{Config, LogFormat, Sources, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE};
+
+#[derive(Parser)]
+#[command(name = "cricket", version, about = "A Kubernetes container runtime (CRI)")]
+struct Cli {
+    /// Main configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Drop-in directory; its *.toml files are applied in name order.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_CONFIG_DIR)]
+    config_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve,
+    /// Print the effective configuration as TOML.
+    Config,
+    /// Print version information.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Version = cli.command {
+        println!("cricket {}\nCRI API v1", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let file = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    let sources = Sources { file: &file, file_required: cli.config.is_some(), dir: &cli.config_dir };
+    let config = match Config::load(&sources) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cricket: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Config => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(config),
+        Command::Version => unreachable!("handled above"),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(&config);
+    if rustls::crypto::ring::default_provider().install_default().is_err() {
+        tracing::warn!("a TLS crypto provider was already installed");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cricket: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::serve(Arc::new(config))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

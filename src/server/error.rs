@@ -1,0 +1,24 @@
+//! The one place internal errors become gRPC statuses.
+
+use tonic::Status;
+
+use crate::image::{FailureKind, ImageError};
+
+impl From<ImageError> for Status {
+    fn from(e: ImageError) -> Status {
+        let message = e.to_string();
+        match e {
+            ImageError::InvalidReference { .. } | ImageError::Ambiguous { .. } => Status::invalid_argument(message),
+            ImageError::Pull { kind, .. } => match kind {
+                FailureKind::NotFound => Status::not_found(message),
+                FailureKind::Unauthorized => Status::unauthenticated(message),
+                FailureKind::Unreachable => Status::unavailable(message),
+                FailureKind::BadContent => Status::data_loss(message),
+                FailureKind::Unsupported => Status::failed_precondition(message),
+            },
+            ImageError::Timeout { .. } => Status::deadline_exceeded(message),
+            ImageError::Credentials { .. } => Status::failed_precondition(message),
+            ImageError::Store(_) => Status::internal(message),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The gRPC server: CRI services on the unix socket, nothing else.
+
+mod error;
+mod image;
+mod runtime;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::image::Images;
+
+const MAX_MESSAGE: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("another process is serving on {0}; stop it or choose another `socket`")]
+    SocketInUse(String),
+    #[error(transparent)]
+    Images(#[from] crate::image::ImageError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
+    move |source| ServeError::Io { path: path.display().to_string(), source }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
+    for dir in [&config.root, &config.run] {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let images = Arc::new(Images::open(config.clone())?);
+    let listener = bind(&config.socket)?;
+
+    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let image = ImageServiceServer::new(image::ImageApi::new(images))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "cricket serving CRI");
+    let result = tonic::transport::Server::builder()
+        .add_service(runtime)
+        .add_service(image)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("cricket stopped");
+    result.map_err(ServeError::from)
+}
+
+/// Binds the socket with mode 0660, replacing a stale one but never a live one.
+fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::SocketInUse(path.display().to_string()));
+        }
+        std::fs::remove_file(path).map_err(io_err(path))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err(path))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop cricket with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
