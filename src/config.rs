@@ -182,10 +182,7 @@ impl Default for PullConfig {
 
 impl Default for CniConfig {
     fn default() -> Self {
-        CniConfig {
-            conf_dir: "/etc/cni/net.d".into(),
-            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
-        }
+        CniConfig { conf_dir: "/etc/cni/net.d".into(), bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()] }
     }
 }
 
@@ -231,11 +228,13 @@ impl Config {
             .build()
             .and_then(|c| c.try_deserialize::<Config>())
             .map_err(|e| ConfigError::Env(e.to_string()))?;
-        let merged = builder
+        let mut merged = builder
             .add_source(env())
             .build()
             .and_then(|c| c.try_deserialize::<Config>())
             .map_err(|e| ConfigError::Env(e.to_string()))?;
+        // A table of extra handlers keeps the built-in default unless it names its own.
+        merged.runtimes.entry("default".into()).or_insert(RuntimeHandler { kind: HandlerKind::Linux, path: None });
         merged.validate()?;
         Ok(merged)
     }
@@ -243,7 +242,9 @@ impl Config {
     /// Checks values serde can't: paths, hosts, URLs, filters, handler options.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
-        for (key, path) in [("socket", &self.socket), ("root", &self.root), ("run", &self.run), ("cni.conf_dir", &self.cni.conf_dir)] {
+        for (key, path) in
+            [("socket", &self.socket), ("root", &self.root), ("run", &self.run), ("cni.conf_dir", &self.cni.conf_dir)]
+        {
             if !path.is_absolute() {
                 return invalid(key, format!("{} is not an absolute path", path.display()));
             }
@@ -277,13 +278,12 @@ impl Config {
         if self.pull.progress_timeout_secs == 0 || self.pull.connect_timeout_secs == 0 {
             return invalid("pull", "progress_timeout_secs and connect_timeout_secs must be at least 1".into());
         }
-        if !self.runtimes.contains_key("default") {
-            return invalid("runtimes", "no `default` handler (used when runtime_handler is empty)".into());
-        }
         for (name, handler) in &self.runtimes {
             let key = format!("runtimes.{name}");
             match (handler.kind, &handler.path) {
-                (HandlerKind::Oci, None) => return invalid(&key, "type \"oci\" needs `path` to the runtime binary".into()),
+                (HandlerKind::Oci, None) => {
+                    return invalid(&key, "type \"oci\" needs `path` to the runtime binary".into())
+                }
                 (HandlerKind::Oci, Some(p)) if !p.is_absolute() => {
                     return invalid(&format!("{key}.path"), format!("{} is not an absolute path", p.display()))
                 }
@@ -321,9 +321,7 @@ fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 }
 
 fn valid_host(host: &str) -> bool {
-    !host.is_empty()
-        && !host.contains('/')
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+    !host.is_empty() && !host.contains('/') && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
 }
 
 /// A mirror endpoint: `http://host[:port]` or `https://host[:port]` (scheme optional, https assumed).
@@ -377,8 +375,10 @@ mod tests {
         std::fs::create_dir(&dd).unwrap();
         std::fs::write(dd.join("20-b.toml"), "root = \"/srv/c\"\n").unwrap();
         std::fs::write(dd.join("10-a.toml"), "root = \"/srv/b\"\n[registries.hosts.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\nmirrors_only = true\n").unwrap();
+        std::fs::write(dd.join("30-runc.toml"), "[runtimes.runc]\ntype = \"oci\"\npath = \"/usr/bin/runc\"\n").unwrap();
         std::fs::write(dd.join("ignored.txt"), "garbage").unwrap();
         let cfg = load(&main, &dd).unwrap();
+        assert_eq!(cfg.runtimes.keys().collect::<Vec<_>>(), ["default", "runc"]);
         assert_eq!(cfg.root, PathBuf::from("/srv/c"));
         let host = cfg.registry_host("docker.io");
         assert_eq!(host.mirrors, vec!["http://127.0.0.1:5000".to_string()]);
@@ -405,6 +405,7 @@ mod tests {
             ("root = \"relative/dir\"\n", "root"),
             ("[registries.hosts.\"docker.io\"]\nmirrors = [\"ftp://x\"]\n", "ftp"),
             ("[runtimes.runc]\ntype = \"oci\"\n", "runtimes.runc"),
+            ("[runtimes.wasm]\ntype = \"wasm\"\npath = \"/x\"\n", "runtimes.wasm.path"),
             ("[log]\nlevel = \"loud=[\"\n", "log.level"),
             ("[pull]\nmax_concurrent_layers = -1\n", "max_concurrent_layers"),
         ] {
@@ -419,8 +420,14 @@ mod tests {
 
     #[test]
     fn endpoints_parse() {
-        assert_eq!(parse_endpoint("http://127.0.0.1:5000/").unwrap(), Endpoint { host: "127.0.0.1:5000".into(), plain_http: true });
-        assert_eq!(parse_endpoint("mirror.example.com").unwrap(), Endpoint { host: "mirror.example.com".into(), plain_http: false });
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:5000/").unwrap(),
+            Endpoint { host: "127.0.0.1:5000".into(), plain_http: true }
+        );
+        assert_eq!(
+            parse_endpoint("mirror.example.com").unwrap(),
+            Endpoint { host: "mirror.example.com".into(), plain_http: false }
+        );
         assert!(parse_endpoint("http://a/b").is_err());
     }
 }

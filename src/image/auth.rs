@@ -14,11 +14,17 @@ use super::ImageError;
 /// Credentials before any exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// A registry bearer token, sent as is.
     Bearer(String),
     /// An OAuth2 refresh token to exchange at the registry's token realm.
-    Identity { username: String, token: String },
+    Identity {
+        username: String,
+        token: String,
+    },
 }
 
 impl Credentials {
@@ -28,7 +34,13 @@ impl Credentials {
     }
 }
 
-fn from_fields(username: &str, password: &str, auth: &str, identity: &str, registry: &str) -> Result<Option<Credentials>, String> {
+fn from_fields(
+    username: &str,
+    password: &str,
+    auth: &str,
+    identity: &str,
+    registry: &str,
+) -> Result<Option<Credentials>, String> {
     if !registry.is_empty() {
         return Ok(Some(Credentials::Bearer(registry.to_string())));
     }
@@ -188,9 +200,15 @@ mod tests {
         let mut a = k8s_cri::v1::AuthConfig::default();
         assert_eq!(Credentials::from_cri(&a).unwrap(), None);
         a.auth = base64::engine::general_purpose::STANDARD.encode("bob:s3:cret");
-        assert_eq!(Credentials::from_cri(&a).unwrap(), Some(Credentials::Basic { username: "bob".into(), password: "s3:cret".into() }));
+        assert_eq!(
+            Credentials::from_cri(&a).unwrap(),
+            Some(Credentials::Basic { username: "bob".into(), password: "s3:cret".into() })
+        );
         a.identity_token = "refresh".into();
-        assert_eq!(Credentials::from_cri(&a).unwrap(), Some(Credentials::Identity { username: "bob".into(), token: "refresh".into() }));
+        assert_eq!(
+            Credentials::from_cri(&a).unwrap(),
+            Some(Credentials::Identity { username: "bob".into(), token: "refresh".into() })
+        );
         a.registry_token = "tok".into();
         assert_eq!(Credentials::from_cri(&a).unwrap(), Some(Credentials::Bearer("tok".into())));
         let bad = k8s_cri::v1::AuthConfig { auth: "!!".into(), ..Default::default() };
@@ -202,7 +220,10 @@ mod tests {
         let path = std::env::temp_dir().join(format!("cricket-auth-{}.json", rand::random::<u64>()));
         let auth = base64::engine::general_purpose::STANDARD.encode("u:p");
         std::fs::write(&path, format!(r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}},"127.0.0.1:5000":{{"registrytoken":"t"}}}}}}"#)).unwrap();
-        assert_eq!(from_file(&path, "docker.io").unwrap(), Some(Credentials::Basic { username: "u".into(), password: "p".into() }));
+        assert_eq!(
+            from_file(&path, "docker.io").unwrap(),
+            Some(Credentials::Basic { username: "u".into(), password: "p".into() })
+        );
         assert_eq!(from_file(&path, "127.0.0.1:5000").unwrap(), Some(Credentials::Bearer("t".into())));
         assert_eq!(from_file(&path, "quay.io").unwrap(), None);
         std::fs::write(&path, "not json").unwrap();
@@ -212,7 +233,10 @@ mod tests {
 
     #[test]
     fn challenge_parsing() {
-        let p = parse_challenge(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="a:b:pull""#).unwrap();
+        let p = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="a:b:pull""#,
+        )
+        .unwrap();
         assert_eq!(p["realm"], "https://auth.example.com/token");
         assert_eq!(p["service"], "registry.example.com");
         assert!(parse_challenge("Basic realm=x").is_none());

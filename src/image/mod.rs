@@ -128,9 +128,7 @@ impl Images {
         names.into_iter().any(|n| {
             self.config.images.pinned.iter().any(|p| match p.strip_suffix('*') {
                 Some(prefix) => n.starts_with(prefix),
-                None => {
-                    n == p || self.parse(p).ok().and_then(|pn| pn.tagged()).as_deref() == Some(n.as_str())
-                }
+                None => n == p || self.parse(p).ok().and_then(|pn| pn.tagged()).as_deref() == Some(n.as_str()),
             })
         })
     }

@@ -148,7 +148,8 @@ impl Puller {
         }
         // The last endpoint tried is the most authoritative (the registry itself).
         let kind = failures.last().map_or(FailureKind::Unreachable, |(_, f)| f.kind);
-        let detail = failures.iter().map(|(ep, f)| format!("{}: {}", ep.describe(), f.message)).collect::<Vec<_>>().join("; ");
+        let detail =
+            failures.iter().map(|(ep, f)| format!("{}: {}", ep.describe(), f.message)).collect::<Vec<_>>().join("; ");
         Err(ImageError::Pull { image: name.to_string(), kind, detail })
     }
 
@@ -156,7 +157,8 @@ impl Puller {
         let settings = self.config.registry_host(&name.registry);
         let mut out = Vec::new();
         for m in &settings.mirrors {
-            let e = parse_endpoint(m).map_err(|message| ImageError::InvalidReference { reference: name.to_string(), reason: message })?;
+            let e = parse_endpoint(m)
+                .map_err(|message| ImageError::InvalidReference { reference: name.to_string(), reason: message })?;
             let plain_http = e.plain_http || self.config.registry_host(&e.host).insecure;
             out.push(Endpoint { host: e.host, plain_http, mirror: true });
         }
@@ -190,9 +192,15 @@ impl Puller {
 
     /// CRI credentials go only to the registry they were given for; mirrors
     /// use what the credentials file holds for them.
-    async fn auth_for(&self, ep: &Endpoint, name: &ImageName, creds: Option<Credentials>) -> Result<RegistryAuth, Failure> {
+    async fn auth_for(
+        &self,
+        ep: &Endpoint,
+        name: &ImageName,
+        creds: Option<Credentials>,
+    ) -> Result<RegistryAuth, Failure> {
         let configured = || {
-            auth::from_file(&self.config.registries.auth_file, &ep.host).map_err(|e| fail(FailureKind::Unauthorized, e.to_string()))
+            auth::from_file(&self.config.registries.auth_file, &ep.host)
+                .map_err(|e| fail(FailureKind::Unauthorized, e.to_string()))
         };
         let chosen = match (ep.mirror, creds) {
             (false, Some(c)) => Some(c),
@@ -215,13 +223,22 @@ impl Puller {
         })
     }
 
-    async fn resolve(&self, client: &Client, ep: &Endpoint, name: &ImageName, auth: &RegistryAuth) -> Result<Resolved, Failure> {
+    async fn resolve(
+        &self,
+        client: &Client,
+        ep: &Endpoint,
+        name: &ImageName,
+        auth: &RegistryAuth,
+    ) -> Result<Resolved, Failure> {
         let reference = ep.reference(name, None);
         let (raw, digest) = client.pull_manifest_raw(&reference, auth, MANIFEST_TYPES).await.map_err(classify)?;
         check_digest(&raw, &digest)?;
         if let Some(wanted) = &name.digest {
             if &digest != wanted {
-                return Err(fail(FailureKind::BadContent, format!("manifest digest {digest} does not match requested {wanted}")));
+                return Err(fail(
+                    FailureKind::BadContent,
+                    format!("manifest digest {digest} does not match requested {wanted}"),
+                ));
             }
         }
         let mut documents = vec![(digest.clone(), raw.to_vec())];
@@ -238,7 +255,9 @@ impl Puller {
                 documents.push((d, raw.to_vec()));
                 match parse_manifest(&raw)? {
                     Document::Manifest(m) => m,
-                    Document::Index(_) => return Err(fail(FailureKind::Unsupported, "an image index nested in an image index")),
+                    Document::Index(_) => {
+                        return Err(fail(FailureKind::Unsupported, "an image index nested in an image index"))
+                    }
                 }
             }
         };
@@ -249,7 +268,10 @@ impl Puller {
         let reference = ep.reference(name, Some(&r.top_digest));
         let cfg_desc = &r.manifest.config;
         if cfg_desc.size > MAX_CONFIG_BYTES {
-            return Err(fail(FailureKind::BadContent, format!("image config is {} bytes, over the 16 MiB limit", cfg_desc.size)));
+            return Err(fail(
+                FailureKind::BadContent,
+                format!("image config is {} bytes, over the 16 MiB limit", cfg_desc.size),
+            ));
         }
         let mut config_raw = Vec::with_capacity(cfg_desc.size.max(0) as usize);
         client.pull_blob(&reference, cfg_desc, &mut config_raw).await.map_err(classify)?;
@@ -278,7 +300,10 @@ impl Puller {
                 .and_then(|_| super::reference::validate_digest(diff_id))
                 .map_err(|m| fail(FailureKind::BadContent, format!("layer {}: {m}", layer.digest)))?;
             if Compression::from_media_type(&layer.media_type).is_none() {
-                return Err(fail(FailureKind::Unsupported, format!("layer {} has media type {:?}", layer.digest, layer.media_type)));
+                return Err(fail(
+                    FailureKind::Unsupported,
+                    format!("layer {} has media type {:?}", layer.digest, layer.media_type),
+                ));
             }
         }
 
@@ -313,7 +338,13 @@ impl Puller {
         Ok(cfg_desc.digest.clone())
     }
 
-    async fn fetch_layer(&self, client: &Client, reference: &Reference, desc: &OciDescriptor, diff_id: &str) -> Result<(), Failure> {
+    async fn fetch_layer(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        desc: &OciDescriptor,
+        diff_id: &str,
+    ) -> Result<(), Failure> {
         let _guard = self.store.lock_layer(diff_id).await;
         if self.store.layer(diff_id).is_some() {
             return Ok(());
@@ -325,10 +356,11 @@ impl Puller {
         let reader = SyncIoBridge::new(StreamReader::new(sized.stream));
         let (digest, diff, dest) = (desc.digest.clone(), diff_id.to_string(), tmp.clone());
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || unpack::apply_layer(reader, compression, &digest, Some(&diff), &dest))
-            .await
-            .map_err(|e| fail(FailureKind::Unreachable, format!("layer worker: {e}")))
-            .and_then(|r| r.map_err(|e| fail(FailureKind::BadContent, format!("layer {}: {e}", desc.digest))));
+        let result =
+            tokio::task::spawn_blocking(move || unpack::apply_layer(reader, compression, &digest, Some(&diff), &dest))
+                .await
+                .map_err(|e| fail(FailureKind::Unreachable, format!("layer worker: {e}")))
+                .and_then(|r| r.map_err(|e| fail(FailureKind::BadContent, format!("layer {}: {e}", desc.digest))));
         let stats = match result {
             Ok(s) => s,
             Err(f) => {
@@ -392,7 +424,9 @@ fn choose_platform(index: &OciImageIndex) -> Result<String, Failure> {
     let candidates: Vec<_> = index
         .manifests
         .iter()
-        .filter(|m| m.platform.as_ref().is_some_and(|p| p.os.to_string() == "linux" && p.architecture.to_string() == arch))
+        .filter(|m| {
+            m.platform.as_ref().is_some_and(|p| p.os.to_string() == "linux" && p.architecture.to_string() == arch)
+        })
         .collect();
     let exact = candidates.iter().find(|m| {
         let v = m.platform.as_ref().and_then(|p| p.variant.as_deref());
@@ -415,7 +449,10 @@ mod tests {
     #[test]
     fn manifests_parse_and_reject() {
         assert!(matches!(parse_manifest(b"<html>"), Err(Failure { kind: FailureKind::BadContent, .. })));
-        assert!(matches!(parse_manifest(br#"{"schemaVersion":1}"#), Err(Failure { kind: FailureKind::Unsupported, .. })));
+        assert!(matches!(
+            parse_manifest(br#"{"schemaVersion":1}"#),
+            Err(Failure { kind: FailureKind::Unsupported, .. })
+        ));
         let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aa","size":1,"platform":{"os":"linux","architecture":"s390x"}},
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":1,"platform":{"os":"linux","architecture":"amd64"}},

@@ -46,7 +46,9 @@ impl ImageName {
             }
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (first.to_string(), path.to_string()),
+            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first.to_string(), path.to_string())
+            }
             _ => (default_registry.to_string(), name.to_string()),
         };
         let repository = if (registry == "docker.io" || registry == "index.docker.io") && !repository.contains('/') {
@@ -103,7 +105,11 @@ impl fmt::Display for ImageName {
 /// Accepts `sha256:<64 hex>` (the only algorithm registries serve in practice).
 pub fn validate_digest(d: &str) -> Result<(), String> {
     match d.split_once(':') {
-        Some(("sha256", hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) => Ok(()),
+        Some(("sha256", hex))
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+        {
+            Ok(())
+        }
         Some((alg, _)) if alg != "sha256" => Err(format!("unsupported digest algorithm {alg:?}")),
         _ => Err(format!("malformed digest {d:?}")),
     }
@@ -125,7 +131,10 @@ mod tests {
         assert_eq!(p("index.docker.io/foo/bar"), "docker.io/foo/bar:latest");
         assert_eq!(p("127.0.0.1:5000/a/b:v1"), "127.0.0.1:5000/a/b:v1");
         assert_eq!(p("localhost/x"), "localhost/x:latest");
-        assert_eq!(p("registry.k8s.io/e2e-test-images/busybox:1.29-2"), "registry.k8s.io/e2e-test-images/busybox:1.29-2");
+        assert_eq!(
+            p("registry.k8s.io/e2e-test-images/busybox:1.29-2"),
+            "registry.k8s.io/e2e-test-images/busybox:1.29-2"
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(p(&format!("quay.io/x@{d}")), format!("quay.io/x@{d}"));
         assert_eq!(p(&format!("quay.io/x:t@{d}")), format!("quay.io/x:t@{d}"));

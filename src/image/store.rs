@@ -116,7 +116,8 @@ impl Store {
                 remove_path(&entry.path())?;
             }
         }
-        let blobs: HashSet<String> = index.images.values().flat_map(|i| i.manifests.iter().chain([&i.id])).cloned().collect();
+        let blobs: HashSet<String> =
+            index.images.values().flat_map(|i| i.manifests.iter().chain([&i.id])).cloned().collect();
         for entry in std::fs::read_dir(dir.join("blobs/sha256"))? {
             let entry = entry?;
             let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
@@ -192,7 +193,14 @@ impl Store {
     }
 
     /// Moves an unpacked temp dir into place as the snapshot for `diff_id`.
-    pub async fn commit_layer(&self, diff_id: &str, digest: &str, tmp: &Path, bytes: u64, inodes: u64) -> io::Result<()> {
+    pub async fn commit_layer(
+        &self,
+        diff_id: &str,
+        digest: &str,
+        tmp: &Path,
+        bytes: u64,
+        inodes: u64,
+    ) -> io::Result<()> {
         let snapshot = {
             let mut idx = self.index.lock().unwrap();
             idx.next_snapshot += 1;
@@ -242,19 +250,19 @@ impl Store {
         let (snapshots, blobs) = {
             let mut idx = self.index.lock().unwrap();
             let Some(removed) = idx.images.remove(id) else { return Ok(false) };
-            let used_layers: HashSet<&String> = idx.images.values().flat_map(|i| &i.layers).chain(idx.leases.keys()).collect();
+            let used_layers: HashSet<&String> =
+                idx.images.values().flat_map(|i| &i.layers).chain(idx.leases.keys()).collect();
             let free: Vec<String> = removed.layers.iter().filter(|d| !used_layers.contains(d)).cloned().collect();
-            let used_blobs: HashSet<&String> = idx.images.values().flat_map(|i| i.manifests.iter().chain([&i.id])).collect();
-            let blobs: Vec<String> = removed.manifests.iter().chain([&removed.id]).filter(|b| !used_blobs.contains(b)).cloned().collect();
+            let used_blobs: HashSet<&String> =
+                idx.images.values().flat_map(|i| i.manifests.iter().chain([&i.id])).collect();
+            let blobs: Vec<String> =
+                removed.manifests.iter().chain([&removed.id]).filter(|b| !used_blobs.contains(b)).cloned().collect();
             let snapshots: Vec<u64> = free.iter().filter_map(|d| idx.layers.remove(d)).map(|l| l.snapshot).collect();
             (snapshots, blobs)
         };
         self.persist().await?;
-        let paths: Vec<PathBuf> = snapshots
-            .iter()
-            .map(|s| self.snapshot_path(*s))
-            .chain(blobs.iter().map(|b| self.blob_path(b)))
-            .collect();
+        let paths: Vec<PathBuf> =
+            snapshots.iter().map(|s| self.snapshot_path(*s)).chain(blobs.iter().map(|b| self.blob_path(b))).collect();
         tokio::task::spawn_blocking(move || paths.iter().try_for_each(|p| remove_path(p)))
             .await
             .map_err(io::Error::other)??;

@@ -33,13 +33,9 @@ impl Compression {
             "application/vnd.oci.image.layer.v1.tar+gzip"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
-                Some(Compression::Gzip)
-            }
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
             "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
-                Some(Compression::Zstd)
-            }
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
             _ => None,
         }
     }
@@ -100,27 +96,21 @@ pub fn apply_layer<R: Read>(
     };
     let actual = raw.hex();
     if !raw.failed && actual != want_digest {
-        return Err(UnpackError::DigestMismatch {
-            expected: digest.into(),
-            actual: format!("sha256:{actual}"),
-        });
+        return Err(UnpackError::DigestMismatch { expected: digest.into(), actual: format!("sha256:{actual}") });
     }
     let (stats, actual_diff) = result?;
     drained.map_err(classify)?;
     match (want_diff, diff_id) {
-        (Some(want), Some(expected)) if want != actual_diff => Err(UnpackError::DiffIdMismatch {
-            expected: expected.into(),
-            actual: format!("sha256:{actual_diff}"),
-        }),
+        (Some(want), Some(expected)) if want != actual_diff => {
+            Err(UnpackError::DiffIdMismatch { expected: expected.into(), actual: format!("sha256:{actual_diff}") })
+        }
         _ => Ok(stats),
     }
 }
 
 fn parse_digest(d: &str) -> Result<String, UnpackError> {
     match d.strip_prefix("sha256:") {
-        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Ok(h.to_ascii_lowercase())
-        }
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(h.to_ascii_lowercase()),
         _ => Err(UnpackError::UnsupportedDigest(d.into())),
     }
 }
@@ -170,10 +160,7 @@ fn classify(e: io::Error) -> UnpackError {
     if !e.get_ref().is_some_and(|r| r.is::<Tagged>()) {
         return UnpackError::Tar(e);
     }
-    let Tagged(stage, inner) = *e
-        .into_inner()
-        .and_then(|b| b.downcast::<Tagged>().ok())
-        .expect("checked is::<Tagged>");
+    let Tagged(stage, inner) = *e.into_inner().and_then(|b| b.downcast::<Tagged>().ok()).expect("checked is::<Tagged>");
     match stage {
         Stage::Read => UnpackError::Read(inner),
         Stage::Decompress => UnpackError::Decompress(inner),
@@ -189,12 +176,7 @@ struct Hashing<R> {
 
 impl<R> Hashing<R> {
     fn new(inner: R, stage: Stage) -> Self {
-        Hashing {
-            inner,
-            hasher: Sha256::new(),
-            stage,
-            failed: false,
-        }
+        Hashing { inner, hasher: Sha256::new(), stage, failed: false }
     }
     fn hex(&self) -> String {
         hex::encode(self.hasher.clone().finalize())
@@ -223,12 +205,7 @@ fn extract<R: Read>(r: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
     let mut stats = UnpackStats::default();
     let mut dir_times = Vec::new();
     for entry in archive.entries().map_err(classify)? {
-        apply_entry(
-            &mut entry.map_err(classify)?,
-            dest,
-            &mut stats,
-            &mut dir_times,
-        )?;
+        apply_entry(&mut entry.map_err(classify)?, dest, &mut stats, &mut dir_times)?;
     }
     // Creating children bumps a directory's mtime, so directory times go on last; walking in
     // reverse and skipping repeats makes the last entry for a path win.
@@ -242,17 +219,11 @@ fn extract<R: Read>(r: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
 }
 
 fn unsafe_path(path: &Path, reason: &'static str) -> UnpackError {
-    UnpackError::UnsafePath {
-        path: path.display().to_string(),
-        reason,
-    }
+    UnpackError::UnsafePath { path: path.display().to_string(), reason }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
-    move |source| UnpackError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| UnpackError::Io { path: path.display().to_string(), source }
 }
 
 /// Strips leading "/" and "./"; any ".." is refused even when it would stay inside.
@@ -262,9 +233,7 @@ fn normalise(raw: &Path) -> Result<PathBuf, UnpackError> {
         match c {
             Component::Normal(s) => out.push(s),
             Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(unsafe_path(raw, "contains a \"..\" component"))
-            }
+            Component::ParentDir | Component::Prefix(_) => return Err(unsafe_path(raw, "contains a \"..\" component")),
         }
     }
     Ok(out)
@@ -278,21 +247,13 @@ fn walk_parents(dest: &Path, rel: &Path, raw: &Path, create: bool) -> Result<Pat
     for c in &comps[..comps.len().saturating_sub(1)] {
         cur.push(c);
         match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(unsafe_path(raw, "traverses a symlink"))
-            }
+            Ok(m) if m.file_type().is_symlink() => return Err(unsafe_path(raw, "traverses a symlink")),
             Ok(m) if !m.is_dir() => return Err(unsafe_path(raw, "a parent is not a directory")),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => {
-                return Err(unsafe_path(raw, "does not exist"))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Err(unsafe_path(raw, "does not exist")),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(&cur)
-                    .map_err(io_err(&cur))?;
-                fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
-                    .map_err(io_err(&cur))?;
+                fs::DirBuilder::new().mode(0o755).create(&cur).map_err(io_err(&cur))?;
+                fs::set_permissions(&cur, fs::Permissions::from_mode(0o755)).map_err(io_err(&cur))?;
             }
             Err(e) => return Err(io_err(&cur)(e)),
         }
@@ -309,9 +270,7 @@ fn remove_existing(path: &Path, new_is_dir: bool) -> Result<bool, UnpackError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(path)(e)),
         Ok(m) if m.is_dir() && new_is_dir => Ok(true),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path)
-            .map(|_| false)
-            .map_err(io_err(path)),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map(|_| false).map_err(io_err(path)),
         Ok(_) => fs::remove_file(path).map(|_| false).map_err(io_err(path)),
     }
 }
@@ -336,10 +295,7 @@ fn apply_entry<R: Read>(
         return Err(UnpackError::UnsupportedEntry { path, kind });
     }
 
-    if let Some(name) = rel
-        .file_name()
-        .and_then(|n| n.as_bytes().strip_prefix(b".wh."))
-    {
+    if let Some(name) = rel.file_name().and_then(|n| n.as_bytes().strip_prefix(b".wh.")) {
         let dir = walk_parents(dest, &rel, &raw, true)?;
         let dir = dir.parent().unwrap_or(dest);
         if name == b".wh..opq" {
@@ -391,26 +347,17 @@ fn apply_entry<R: Read>(
         }
         T::Directory => {
             if !remove_existing(&path, true)? {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&path)
-                    .map_err(io_err(&path))?;
+                fs::DirBuilder::new().mode(0o700).create(&path).map_err(io_err(&path))?;
             }
         }
         T::Symlink => {
             // The target text is kept verbatim: it is resolved inside the container, never by us.
-            let target = e
-                .link_name_bytes()
-                .ok_or_else(|| unsafe_path(&raw, "symlink without target"))?
-                .into_owned();
+            let target = e.link_name_bytes().ok_or_else(|| unsafe_path(&raw, "symlink without target"))?.into_owned();
             remove_existing(&path, false)?;
             std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(io_err(&path))?;
         }
         T::Link => {
-            let traw = e
-                .link_name()
-                .map_err(classify)?
-                .ok_or_else(|| unsafe_path(&raw, "hardlink without target"))?;
+            let traw = e.link_name().map_err(classify)?.ok_or_else(|| unsafe_path(&raw, "hardlink without target"))?;
             let traw = traw.into_owned();
             let trel = normalise(&traw)?;
             let tpath = walk_parents(dest, &trel, &traw, false)?;
@@ -419,9 +366,7 @@ fn apply_entry<R: Read>(
                     return Err(unsafe_path(&traw, "hardlink target does not exist"))
                 }
                 Err(err) => return Err(io_err(&tpath)(err)),
-                Ok(m) if m.is_dir() => {
-                    return Err(unsafe_path(&traw, "hardlink target is a directory"))
-                }
+                Ok(m) if m.is_dir() => return Err(unsafe_path(&traw, "hardlink target is a directory")),
                 Ok(_) => {}
             }
             if trel != rel {
@@ -442,10 +387,7 @@ fn apply_entry<R: Read>(
             mknod(&path, sflag, Mode::empty(), dev).map_err(|err| io_err(&path)(err.into()))?;
         }
         other => {
-            return Err(UnpackError::UnsupportedEntry {
-                path: raw.display().to_string(),
-                kind: format!("{other:?}"),
-            })
+            return Err(UnpackError::UnsupportedEntry { path: raw.display().to_string(), kind: format!("{other:?}") })
         }
     }
     stats.inodes += 1;
@@ -454,10 +396,7 @@ fn apply_entry<R: Read>(
 
 fn dev_of(h: &tar::Header, raw: &Path) -> Result<libc::dev_t, UnpackError> {
     let (major, minor) = (h.device_major(), h.device_minor());
-    match (
-        major.map_err(UnpackError::Tar)?,
-        minor.map_err(UnpackError::Tar)?,
-    ) {
+    match (major.map_err(UnpackError::Tar)?, minor.map_err(UnpackError::Tar)?) {
         (Some(major), Some(minor)) => Ok(makedev(major.into(), minor.into())),
         _ => Err(unsafe_path(raw, "device entry without device numbers")),
     }
@@ -479,9 +418,9 @@ fn read_pax<R: Read>(e: &mut tar::Entry<R>) -> Result<Pax, UnpackError> {
         match ext.key() {
             Ok("mtime") => pax.mtime = std::str::from_utf8(value).ok().and_then(parse_pax_time),
             Ok(k) if k.starts_with("GNU.sparse.") => pax.sparse = true,
-            Ok(k) if k.starts_with("SCHILY.xattr.") => pax
-                .xattrs
-                .push((k["SCHILY.xattr.".len()..].to_string(), value.to_vec())),
+            Ok(k) if k.starts_with("SCHILY.xattr.") => {
+                pax.xattrs.push((k["SCHILY.xattr.".len()..].to_string(), value.to_vec()))
+            }
             _ => {}
         }
     }
@@ -499,11 +438,9 @@ fn apply_metadata(
     let kind = h.entry_type();
     let id = |v: io::Result<u64>| -> Result<u32, UnpackError> {
         let v = v.map_err(UnpackError::Tar)?;
-        u32::try_from(v)
-            .map_err(|_| UnpackError::Tar(io::Error::other(format!("uid/gid {v} out of range"))))
+        u32::try_from(v).map_err(|_| UnpackError::Tar(io::Error::other(format!("uid/gid {v} out of range"))))
     };
-    std::os::unix::fs::lchown(path, Some(id(h.uid())?), Some(id(h.gid())?))
-        .map_err(io_err(path))?;
+    std::os::unix::fs::lchown(path, Some(id(h.uid())?), Some(id(h.gid())?)).map_err(io_err(path))?;
     if kind != tar::EntryType::Symlink {
         let mode = h.mode().map_err(UnpackError::Tar)? & 0o7777;
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
@@ -517,19 +454,13 @@ fn apply_metadata(
             let privileged = name.starts_with("trusted.") || name.starts_with("security.");
             let skippable = matches!(err.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM));
             if !(privileged && skippable) {
-                return Err(UnpackError::Io {
-                    path: format!("{} (xattr {name})", path.display()),
-                    source: err,
-                });
+                return Err(UnpackError::Io { path: format!("{} (xattr {name})", path.display()), source: err });
             }
         }
     }
     let mtime = match pax.mtime {
         Some(t) => t,
-        None => TimeSpec::new(
-            i64::try_from(h.mtime().map_err(UnpackError::Tar)?).unwrap_or(i64::MAX),
-            0,
-        ),
+        None => TimeSpec::new(i64::try_from(h.mtime().map_err(UnpackError::Tar)?).unwrap_or(i64::MAX), 0),
     };
     if kind == tar::EntryType::Directory {
         dir_times.push((path.to_path_buf(), mtime));
@@ -555,23 +486,14 @@ fn parse_pax_time(s: &str) -> Option<TimeSpec> {
 }
 
 fn set_times(path: &Path, mtime: &TimeSpec) -> Result<(), UnpackError> {
-    utimensat(None, path, mtime, mtime, UtimensatFlags::NoFollowSymlink)
-        .map_err(|e| io_err(path)(e.into()))
+    utimensat(None, path, mtime, mtime, UtimensatFlags::NoFollowSymlink).map_err(|e| io_err(path)(e.into()))
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let p = CString::new(path.as_os_str().as_bytes())?;
     let n = CString::new(name)?;
     // SAFETY: both strings are NUL-terminated and `value` is valid for `value.len()` bytes.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
+    let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
     if rc == 0 {
         Ok(())
     } else {
@@ -632,13 +554,9 @@ mod tests {
         b.into_inner().unwrap()
     }
     fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-        let (p, n) = (
-            CString::new(path.as_os_str().as_bytes()).unwrap(),
-            CString::new(name).unwrap(),
-        );
+        let (p, n) = (CString::new(path.as_os_str().as_bytes()).unwrap(), CString::new(name).unwrap());
         let mut buf = [0u8; 256];
-        let rc =
-            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         (rc >= 0).then(|| buf[..rc as usize].to_vec())
     }
     fn is_unsafe(r: Result<UnpackStats, UnpackError>) -> bool {
@@ -650,39 +568,18 @@ mod tests {
         let t = Tmp::new();
         let mut b = Builder::new(Vec::new());
         add(&mut b, hdr(b"./etc/", T::Directory, 0o750), b"", b"");
-        add(
-            &mut b,
-            hdr(b"etc/passwd", T::Regular, 0o640),
-            b"",
-            b"root:x:0:0\n",
-        );
+        add(&mut b, hdr(b"etc/passwd", T::Regular, 0o640), b"", b"root:x:0:0\n");
         add(&mut b, hdr(b"usr/bin/su", T::Regular, 0o4755), b"", b"elf");
-        add(
-            &mut b,
-            hdr(b"etc/link", T::Symlink, 0o777),
-            b"/etc/passwd",
-            b"",
-        );
-        add(
-            &mut b,
-            hdr(b"etc/hard", T::Link, 0o640),
-            b"./etc/passwd",
-            b"",
-        );
+        add(&mut b, hdr(b"etc/link", T::Symlink, 0o777), b"/etc/passwd", b"");
+        add(&mut b, hdr(b"etc/hard", T::Link, 0o640), b"./etc/passwd", b"");
         let tar = b.into_inner().unwrap();
         let st = apply(&tar, &t.0).unwrap();
         assert_eq!((st.bytes, st.inodes), (14, 5));
         let d = fs::symlink_metadata(t.0.join("etc")).unwrap();
         assert!(d.is_dir());
-        assert_eq!(
-            (d.mode() & 0o7777, d.uid(), d.gid(), d.mtime()),
-            (0o750, 1000, 1001, 1_600_000_000)
-        );
+        assert_eq!((d.mode() & 0o7777, d.uid(), d.gid(), d.mtime()), (0o750, 1000, 1001, 1_600_000_000));
         let f = fs::symlink_metadata(t.0.join("etc/passwd")).unwrap();
-        assert_eq!(
-            (f.mode() & 0o7777, f.uid(), f.gid(), f.mtime()),
-            (0o640, 1000, 1001, 1_600_000_000)
-        );
+        assert_eq!((f.mode() & 0o7777, f.uid(), f.gid(), f.mtime()), (0o640, 1000, 1001, 1_600_000_000));
         assert_eq!(fs::read(t.0.join("etc/passwd")).unwrap(), b"root:x:0:0\n");
         let su = fs::symlink_metadata(t.0.join("usr/bin/su")).unwrap();
         assert_eq!((su.mode() & 0o7777, su.uid()), (0o4755, 1000));
@@ -691,14 +588,8 @@ mod tests {
         let l = fs::symlink_metadata(t.0.join("etc/link")).unwrap();
         assert!(l.file_type().is_symlink());
         assert_eq!((l.uid(), l.mtime()), (1000, 1_600_000_000));
-        assert_eq!(
-            fs::read_link(t.0.join("etc/link")).unwrap(),
-            Path::new("/etc/passwd")
-        );
-        assert_eq!(
-            fs::symlink_metadata(t.0.join("etc/hard")).unwrap().ino(),
-            f.ino()
-        );
+        assert_eq!(fs::read_link(t.0.join("etc/link")).unwrap(), Path::new("/etc/passwd"));
+        assert_eq!(fs::symlink_metadata(t.0.join("etc/hard")).unwrap().ino(), f.ino());
     }
 
     #[test]
@@ -706,21 +597,13 @@ mod tests {
         let t = Tmp::new();
         let mut b = Builder::new(Vec::new());
         add(&mut b, hdr(b"dir/.wh.gone", T::Regular, 0o644), b"", b"");
-        add(
-            &mut b,
-            hdr(b"opq/.wh..wh..opq", T::Regular, 0o644),
-            b"",
-            b"",
-        );
+        add(&mut b, hdr(b"opq/.wh..wh..opq", T::Regular, 0o644), b"", b"");
         add(&mut b, hdr(b".wh..wh.plnk", T::Directory, 0o700), b"", b"");
         apply(&b.into_inner().unwrap(), &t.0).unwrap();
         let w = fs::symlink_metadata(t.0.join("dir/gone")).unwrap();
         assert!(w.file_type().is_char_device());
         assert_eq!((w.rdev(), w.mode() & 0o7777), (0, 0));
-        assert_eq!(
-            xattr(&t.0.join("opq"), "trusted.overlay.opaque").as_deref(),
-            Some(&b"y"[..])
-        );
+        assert_eq!(xattr(&t.0.join("opq"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
         assert!(!t.0.join(".wh..wh.plnk").exists() && !t.0.join("dir/.wh.gone").exists());
         assert!(is_unsafe(apply(&one(b"a/.wh...", T::Regular, b""), &t.0)));
     }
@@ -729,10 +612,7 @@ mod tests {
     fn dotdot_rejected() {
         for name in [&b"../escape"[..], b"a/../b", b"/.."] {
             let t = Tmp::new();
-            assert!(
-                is_unsafe(apply(&one(name, T::Regular, b""), &t.0)),
-                "{name:?}"
-            );
+            assert!(is_unsafe(apply(&one(name, T::Regular, b""), &t.0)), "{name:?}");
         }
     }
 
@@ -748,12 +628,7 @@ mod tests {
         let t = Tmp::new();
         let outside = Tmp::new();
         let mut b = Builder::new(Vec::new());
-        add(
-            &mut b,
-            hdr(b"a", T::Symlink, 0o777),
-            outside.0.as_os_str().as_bytes(),
-            b"",
-        );
+        add(&mut b, hdr(b"a", T::Symlink, 0o777), outside.0.as_os_str().as_bytes(), b"");
         add(&mut b, hdr(b"a/evil", T::Regular, 0o644), b"", b"pwned");
         assert!(is_unsafe(apply(&b.into_inner().unwrap(), &t.0)));
         assert!(!outside.0.join("evil").exists());
@@ -762,10 +637,7 @@ mod tests {
     #[test]
     fn hardlink_targets_checked() {
         let t = Tmp::new();
-        assert!(is_unsafe(apply(
-            &one(b"x", T::Link, b"../../etc/passwd"),
-            &t.0
-        )));
+        assert!(is_unsafe(apply(&one(b"x", T::Link, b"../../etc/passwd"), &t.0)));
         assert!(is_unsafe(apply(&one(b"x", T::Link, b"missing"), &t.0)));
         let mut b = Builder::new(Vec::new());
         add(&mut b, hdr(b"d", T::Directory, 0o755), b"", b"");
@@ -781,11 +653,7 @@ mod tests {
         let gz = gz.finish().unwrap();
         let zst = zstd::encode_all(&tar[..], 3).unwrap();
         // Declared compression deliberately wrong: the magic bytes decide.
-        for (blob, declared) in [
-            (&gz, Compression::None),
-            (&zst, Compression::Gzip),
-            (&tar, Compression::Zstd),
-        ] {
+        for (blob, declared) in [(&gz, Compression::None), (&zst, Compression::Gzip), (&tar, Compression::Zstd)] {
             let t = Tmp::new();
             let st = apply_layer(&blob[..], declared, &sha(blob), Some(&sha(&tar)), &t.0).unwrap();
             assert_eq!(st.bytes, 1);
@@ -799,42 +667,20 @@ mod tests {
         let zst = zstd::encode_all(&tar[..], 3).unwrap();
         let t = Tmp::new();
         let r = apply_layer(&zst[..], Compression::Zstd, &sha(b"other"), None, &t.0);
-        assert!(
-            matches!(r, Err(UnpackError::DigestMismatch { .. })),
-            "{r:?}"
-        );
-        let r = apply_layer(
-            &zst[..],
-            Compression::Zstd,
-            &sha(&zst),
-            Some(&sha(&zst)),
-            &t.0,
-        );
-        assert!(
-            matches!(r, Err(UnpackError::DiffIdMismatch { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(UnpackError::DigestMismatch { .. })), "{r:?}");
+        let r = apply_layer(&zst[..], Compression::Zstd, &sha(&zst), Some(&sha(&zst)), &t.0);
+        assert!(matches!(r, Err(UnpackError::DiffIdMismatch { .. })), "{r:?}");
         let r = apply_layer(&zst[..], Compression::Zstd, "md5:abc", None, &t.0);
         assert!(matches!(r, Err(UnpackError::UnsupportedDigest(_))), "{r:?}");
         // Corrupt blob: reported as a digest mismatch, not as the decompression error it causes.
         let mut bad = zst.clone();
         bad[10] ^= 0xff;
         let r = apply_layer(&bad[..], Compression::Zstd, &sha(&zst), None, &t.0);
-        assert!(
-            matches!(r, Err(UnpackError::DigestMismatch { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(UnpackError::DigestMismatch { .. })), "{r:?}");
         // Bytes after the end-of-archive blocks are still hashed.
         let mut padded = tar.clone();
         padded.extend_from_slice(&[0u8; 10_000]);
-        apply_layer(
-            &padded[..],
-            Compression::None,
-            &sha(&padded),
-            Some(&sha(&padded)),
-            &Tmp::new().0,
-        )
-        .unwrap();
+        apply_layer(&padded[..], Compression::None, &sha(&padded), Some(&sha(&padded)), &Tmp::new().0).unwrap();
     }
 
     #[test]
@@ -849,14 +695,8 @@ mod tests {
         apply(&b.into_inner().unwrap(), &t.0).unwrap();
         let m = fs::symlink_metadata(t.0.join("dev/null")).unwrap();
         assert!(m.file_type().is_char_device());
-        assert_eq!(
-            (m.rdev(), m.mode() & 0o7777, m.uid()),
-            (makedev(1, 3), 0o666, 1000)
-        );
-        assert!(fs::symlink_metadata(t.0.join("dev/fifo"))
-            .unwrap()
-            .file_type()
-            .is_fifo());
+        assert_eq!((m.rdev(), m.mode() & 0o7777, m.uid()), (makedev(1, 3), 0o666, 1000));
+        assert!(fs::symlink_metadata(t.0.join("dev/fifo")).unwrap().file_type().is_fifo());
     }
 
     #[test]
@@ -886,19 +726,10 @@ mod tests {
     #[test]
     fn pax_sparse_rejected() {
         let mut b = Builder::new(Vec::new());
-        b.append_pax_extensions([("GNU.sparse.major", &b"1"[..])])
-            .unwrap();
-        add(
-            &mut b,
-            hdr(b"GNUSparseFile.0/f", T::Regular, 0o644),
-            b"",
-            b"",
-        );
+        b.append_pax_extensions([("GNU.sparse.major", &b"1"[..])]).unwrap();
+        add(&mut b, hdr(b"GNUSparseFile.0/f", T::Regular, 0o644), b"", b"");
         let r = apply(&b.into_inner().unwrap(), &Tmp::new().0);
-        assert!(
-            matches!(r, Err(UnpackError::UnsupportedEntry { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(UnpackError::UnsupportedEntry { .. })), "{r:?}");
     }
 
     #[test]
@@ -914,15 +745,9 @@ mod tests {
         add(&mut b, hdr(b"q", T::Symlink, 0o777), b"p", b"");
         apply(&b.into_inner().unwrap(), &t.0).unwrap();
         assert_eq!(fs::read(t.0.join("p/child")).unwrap(), b"c");
-        assert!(fs::symlink_metadata(t.0.join("q"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        assert!(fs::symlink_metadata(t.0.join("q")).unwrap().file_type().is_symlink());
         let root = fs::metadata(&t.0).unwrap();
-        assert_eq!(
-            (root.mode() & 0o7777, root.uid(), root.mtime()),
-            (0o711, 1000, 1_600_000_000)
-        );
+        assert_eq!((root.mode() & 0o7777, root.uid(), root.mtime()), (0o711, 1000, 1_600_000_000));
         assert!(is_unsafe(apply(&one(b".", T::Regular, b""), &Tmp::new().0)));
     }
 
@@ -933,18 +758,10 @@ mod tests {
             Some(Compression::Zstd)
         );
         assert_eq!(
-            Compression::from_media_type(
-                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-            ),
+            Compression::from_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"),
             Some(Compression::Gzip)
         );
-        assert_eq!(
-            Compression::from_media_type("application/vnd.oci.image.layer.v1.tar"),
-            Some(Compression::None)
-        );
-        assert_eq!(
-            Compression::from_media_type("application/vnd.oci.image.config.v1+json"),
-            None
-        );
+        assert_eq!(Compression::from_media_type("application/vnd.oci.image.layer.v1.tar"), Some(Compression::None));
+        assert_eq!(Compression::from_media_type("application/vnd.oci.image.config.v1+json"), None);
     }
 }

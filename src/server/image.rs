@@ -45,7 +45,13 @@ fn image_ref(spec: Option<&ImageSpec>) -> Result<&str, Status> {
 #[tonic::async_trait]
 impl ImageService for ImageApi {
     async fn list_images(&self, req: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
-        let wanted = req.get_ref().filter.as_ref().and_then(|f| f.image.as_ref()).map(|s| s.image.as_str()).filter(|s| !s.is_empty());
+        let wanted = req
+            .get_ref()
+            .filter
+            .as_ref()
+            .and_then(|f| f.image.as_ref())
+            .map(|s| s.image.as_str())
+            .filter(|s| !s.is_empty());
         let records = match wanted {
             Some(reference) => self.images.find(reference)?.into_iter().collect(),
             None => self.images.list(),
@@ -107,8 +113,5 @@ impl ImageService for ImageApi {
 }
 
 pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }

@@ -50,6 +50,7 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "cricket serving CRI");
+    notify_ready();
     let result = tonic::transport::Server::builder()
         .add_service(runtime)
         .add_service(image)
@@ -74,6 +75,22 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     let listener = UnixListener::bind(path).map_err(io_err(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err(path))?;
     Ok(listener)
+}
+
+/// Tells systemd (Type=notify) the socket is serving.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let target = target.to_string_lossy().into_owned();
+    let addr = match target.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&target),
+    };
+    let sent = addr.and_then(|a| UnixDatagram::unbound().and_then(|s| s.send_to_addr(b"READY=1", &a)));
+    if let Err(e) = sent {
+        tracing::warn!(socket = %target, "cannot notify systemd: {e}");
+    }
 }
 
 async fn shutdown_signal() {

@@ -22,7 +22,8 @@ impl RuntimeApi {
     }
 
     fn runtime_condition(&self) -> RuntimeCondition {
-        let overlay = std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")));
+        let overlay =
+            std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")));
         let problem = if !overlay {
             Some(("OverlayUnavailable", "the kernel has no overlay filesystem (modprobe overlay)".to_string()))
         } else if !self.config.root.is_dir() {
@@ -34,7 +35,8 @@ impl RuntimeApi {
     }
 
     fn network_condition(&self) -> RuntimeCondition {
-        let problem = network::find_network(&self.config.cni).err().map(|why| ("NetworkPluginNotReady", format!("cni: {why}")));
+        let problem =
+            network::find_network(&self.config.cni).err().map(|why| ("NetworkPluginNotReady", format!("cni: {why}")));
         condition("NetworkReady", problem)
     }
 
@@ -54,7 +56,9 @@ impl RuntimeApi {
 fn condition(kind: &str, problem: Option<(&str, String)>) -> RuntimeCondition {
     match problem {
         None => RuntimeCondition { r#type: kind.into(), status: true, ..Default::default() },
-        Some((reason, message)) => RuntimeCondition { r#type: kind.into(), status: false, reason: reason.into(), message },
+        Some((reason, message)) => {
+            RuntimeCondition { r#type: kind.into(), status: false, reason: reason.into(), message }
+        }
     }
 }
 
@@ -100,12 +104,18 @@ impl RuntimeService for RuntimeApi {
             Driver::Systemd => CgroupDriver::Systemd,
             Driver::Cgroupfs => CgroupDriver::Cgroupfs,
         };
-        Ok(Response::new(RuntimeConfigResponse { linux: Some(LinuxRuntimeConfiguration { cgroup_driver: driver as i32 }) }))
+        Ok(Response::new(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration { cgroup_driver: driver as i32 }),
+        }))
     }
 
-    async fn update_runtime_config(&self, req: Request<UpdateRuntimeConfigRequest>) -> Reply<UpdateRuntimeConfigResponse> {
+    async fn update_runtime_config(
+        &self,
+        req: Request<UpdateRuntimeConfigRequest>,
+    ) -> Reply<UpdateRuntimeConfigResponse> {
         // Pod CIDRs come from the CNI config, so there is nothing to change; log what kubelet sent.
-        let cidr = req.get_ref().runtime_config.as_ref().and_then(|c| c.network_config.as_ref()).map(|n| n.pod_cidr.clone());
+        let cidr =
+            req.get_ref().runtime_config.as_ref().and_then(|c| c.network_config.as_ref()).map(|n| n.pod_cidr.clone());
         tracing::info!(pod_cidr = ?cidr, "UpdateRuntimeConfig: pod CIDR is taken from the CNI config");
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
@@ -143,10 +153,16 @@ impl RuntimeService for RuntimeApi {
     async fn container_status(&self, _req: Request<ContainerStatusRequest>) -> Reply<ContainerStatusResponse> {
         Err(not_built("ContainerStatus"))
     }
-    async fn update_container_resources(&self, _req: Request<UpdateContainerResourcesRequest>) -> Reply<UpdateContainerResourcesResponse> {
+    async fn update_container_resources(
+        &self,
+        _req: Request<UpdateContainerResourcesRequest>,
+    ) -> Reply<UpdateContainerResourcesResponse> {
         Err(not_built("UpdateContainerResources"))
     }
-    async fn reopen_container_log(&self, _req: Request<ReopenContainerLogRequest>) -> Reply<ReopenContainerLogResponse> {
+    async fn reopen_container_log(
+        &self,
+        _req: Request<ReopenContainerLogRequest>,
+    ) -> Reply<ReopenContainerLogResponse> {
         Err(not_built("ReopenContainerLog"))
     }
     async fn exec_sync(&self, _req: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
@@ -164,16 +180,25 @@ impl RuntimeService for RuntimeApi {
     async fn container_stats(&self, _req: Request<ContainerStatsRequest>) -> Reply<ContainerStatsResponse> {
         Err(not_built("ContainerStats"))
     }
-    async fn list_container_stats(&self, _req: Request<ListContainerStatsRequest>) -> Reply<ListContainerStatsResponse> {
+    async fn list_container_stats(
+        &self,
+        _req: Request<ListContainerStatsRequest>,
+    ) -> Reply<ListContainerStatsResponse> {
         Err(not_built("ListContainerStats"))
     }
     async fn pod_sandbox_stats(&self, _req: Request<PodSandboxStatsRequest>) -> Reply<PodSandboxStatsResponse> {
         Err(not_built("PodSandboxStats"))
     }
-    async fn list_pod_sandbox_stats(&self, _req: Request<ListPodSandboxStatsRequest>) -> Reply<ListPodSandboxStatsResponse> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        _req: Request<ListPodSandboxStatsRequest>,
+    ) -> Reply<ListPodSandboxStatsResponse> {
         Err(not_built("ListPodSandboxStats"))
     }
-    async fn checkpoint_container(&self, _req: Request<CheckpointContainerRequest>) -> Reply<CheckpointContainerResponse> {
+    async fn checkpoint_container(
+        &self,
+        _req: Request<CheckpointContainerRequest>,
+    ) -> Reply<CheckpointContainerResponse> {
         Err(not_built("CheckpointContainer"))
     }
 
@@ -182,10 +207,16 @@ impl RuntimeService for RuntimeApi {
     async fn get_container_events(&self, _req: Request<GetEventsRequest>) -> Reply<Self::GetContainerEventsStream> {
         Err(not_built("GetContainerEvents"))
     }
-    async fn list_metric_descriptors(&self, _req: Request<ListMetricDescriptorsRequest>) -> Reply<ListMetricDescriptorsResponse> {
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<ListMetricDescriptorsRequest>,
+    ) -> Reply<ListMetricDescriptorsResponse> {
         Err(not_built("ListMetricDescriptors"))
     }
-    async fn list_pod_sandbox_metrics(&self, _req: Request<ListPodSandboxMetricsRequest>) -> Reply<ListPodSandboxMetricsResponse> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<ListPodSandboxMetricsRequest>,
+    ) -> Reply<ListPodSandboxMetricsResponse> {
         Err(not_built("ListPodSandboxMetrics"))
     }
 }
