@@ -116,6 +116,8 @@ pub struct ImagesConfig {
 pub struct CniConfig {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
+    /// Limit for one plugin call, in seconds.
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -182,7 +184,11 @@ impl Default for PullConfig {
 
 impl Default for CniConfig {
     fn default() -> Self {
-        CniConfig { conf_dir: "/etc/cni/net.d".into(), bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()] }
+        CniConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            timeout_secs: 60,
+        }
     }
 }
 
@@ -271,6 +277,9 @@ impl Config {
             if settings.mirrors_only && settings.mirrors.is_empty() {
                 return invalid(&format!("{key}.mirrors_only"), "set, but no mirrors are listed".into());
             }
+        }
+        if self.cni.timeout_secs == 0 {
+            return invalid("cni.timeout_secs", "must be at least 1".into());
         }
         if self.pull.max_concurrent_layers == 0 {
             return invalid("pull.max_concurrent_layers", "must be at least 1".into());

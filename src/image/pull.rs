@@ -17,7 +17,8 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::auth::{self, Credentials};
 use super::reference::ImageName;
-use super::store::{remove_path, ImageRecord, Store};
+use super::store::{ImageRecord, Store};
+use crate::state::remove_path;
 use super::unpack::{self, Compression};
 use super::ImageError;
 use crate::config::{parse_endpoint, Config};

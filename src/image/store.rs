@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state;
+use crate::state::{self, remove_path};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ImageRecord {
@@ -313,19 +313,6 @@ fn merge(into: &mut Vec<String>, from: &[String]) {
         if !into.contains(s) {
             into.push(s.clone());
         }
-    }
-}
-
-/// Removes a file or a whole tree; missing is fine.
-pub fn remove_path(p: &Path) -> io::Result<()> {
-    let result = match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
-        Ok(_) => std::fs::remove_file(p),
-        Err(e) => Err(e),
-    };
-    match result {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
     }
 }
 

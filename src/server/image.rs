@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::image::auth::Credentials;
 use crate::image::store::ImageRecord;
 use crate::image::{image_user, Images};
+use crate::state::now_nanos;
 
 pub struct ImageApi {
     images: Arc<Images>,
@@ -110,8 +111,4 @@ impl ImageService for ImageApi {
         };
         Ok(Response::new(ImageFsInfoResponse { image_filesystems: vec![usage], container_filesystems: vec![] }))
     }
-}
-
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
