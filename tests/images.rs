@@ -527,7 +527,6 @@ async fn env_overrides_reach_the_daemon() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "src bug: a pull cut off by pull.timeout_secs leaves its partial layer in <root>/images/tmp"]
 async fn pull_timeout_leaves_no_partial_layer() {
     // A registry that sends half the layer, stalls, then hangs up.
     let layer = busybox_layer();

@@ -3,12 +3,13 @@
 //! into its snapshot (download, digest check, decompress, untar in one pass,
 //! one blocking thread per layer).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -19,7 +20,7 @@ use super::auth::{self, Credentials};
 use super::reference::ImageName;
 use super::store::{ImageRecord, Store};
 use crate::state::remove_path;
-use super::unpack::{self, Compression};
+use super::unpack::{self, Compression, UnpackError};
 use super::ImageError;
 use crate::config::{parse_endpoint, Config};
 
@@ -354,26 +355,78 @@ impl Puller {
             .ok_or_else(|| fail(FailureKind::Unsupported, format!("layer media type {:?}", desc.media_type)))?;
         let sized = client.pull_blob_stream(reference, desc).await.map_err(classify)?;
         let tmp = self.store.temp_dir().map_err(|e| fail(FailureKind::Unreachable, format!("image store: {e}")))?;
-        let reader = SyncIoBridge::new(StreamReader::new(sized.stream));
-        let (digest, diff, dest) = (desc.digest.clone(), diff_id.to_string(), tmp.clone());
+        // If this future is dropped (pull timeout), the unpack thread stops at
+        // its next read and deletes its temp dir.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = SetOnDrop(cancelled.clone());
+        let reader = Cancellable { inner: SyncIoBridge::new(StreamReader::new(sized.stream)), cancelled };
+        let (digest, diff, dest) = (desc.digest.clone(), diff_id.to_string(), TempDir(Some(tmp)));
         let started = std::time::Instant::now();
-        let result =
-            tokio::task::spawn_blocking(move || unpack::apply_layer(reader, compression, &digest, Some(&diff), &dest))
-                .await
-                .map_err(|e| fail(FailureKind::Unreachable, format!("layer worker: {e}")))
-                .and_then(|r| r.map_err(|e| fail(FailureKind::BadContent, format!("layer {}: {e}", desc.digest))));
-        let stats = match result {
-            Ok(s) => s,
-            Err(f) => {
-                let _ = tokio::task::spawn_blocking(move || remove_path(&tmp)).await;
-                return Err(f);
-            }
-        };
+        let (stats, dest) = tokio::task::spawn_blocking(move || {
+            let path = dest.0.as_deref().expect("temp dir is set until committed");
+            unpack::apply_layer(reader, compression, &digest, Some(&diff), path).map(|stats| (stats, dest))
+        })
+        .await
+        .map_err(|e| fail(FailureKind::Unreachable, format!("layer worker: {e}")))?
+        .map_err(|e| layer_failure(&desc.digest, e))?;
         tracing::debug!(layer = %desc.digest, bytes = stats.bytes, elapsed_ms = started.elapsed().as_millis() as u64, "layer unpacked");
-        self.store
-            .commit_layer(diff_id, &desc.digest, &tmp, stats.bytes, stats.inodes)
-            .await
-            .map_err(|e| fail(FailureKind::Unreachable, format!("image store: {e}")))
+        let tmp = dest.0.as_deref().expect("temp dir is set until committed");
+        let committed = self.store.commit_layer(diff_id, &desc.digest, tmp, stats.bytes, stats.inodes).await;
+        committed.map_err(|e| fail(FailureKind::Unreachable, format!("image store: {e}")))?;
+        dest.keep();
+        Ok(())
+    }
+}
+
+/// A layer failure: a broken connection is retryable, content that fails
+/// its checks is not.
+fn layer_failure(digest: &str, e: UnpackError) -> Failure {
+    let kind = match &e {
+        UnpackError::Read(io) if io.get_ref().is_none_or(|inner| !inner.is::<DigestError>()) => FailureKind::Unreachable,
+        _ => FailureKind::BadContent,
+    };
+    fail(kind, format!("layer {digest}: {e}"))
+}
+
+/// An unpack temp dir, deleted on drop unless kept.
+struct TempDir(Option<std::path::PathBuf>);
+
+impl TempDir {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            if let Err(e) = remove_path(&p) {
+                tracing::warn!(dir = %p.display(), error = %e, "removing unpack temp dir failed");
+            }
+        }
+    }
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A reader that fails once its pull has been given up.
+struct Cancellable<R> {
+    inner: R,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl<R: std::io::Read> std::io::Read for Cancellable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "pull cancelled"));
+        }
+        self.inner.read(buf)
     }
 }
 

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::image::Images;
 
 const MAX_MESSAGE: usize = 16 << 20;
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -51,11 +52,29 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
         .max_encoding_message_size(MAX_MESSAGE);
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "cricket serving CRI");
     notify_ready();
-    let result = tonic::transport::Server::builder()
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel();
+    let signalled = async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signalled);
+    // In-flight requests get a grace period; a pull or a stuck client must not hold the exit.
+    let grace = async {
+        match stopping.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = server => r,
+        () = grace => {
+            tracing::warn!("requests still running {}s after the stop signal; exiting anyway", SHUTDOWN_GRACE.as_secs());
+            Ok(())
+        }
+    };
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("cricket stopped");
     result.map_err(ServeError::from)
