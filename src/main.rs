@@ -1,8 +1,11 @@
 //! cricket: a Kubernetes container runtime speaking CRI over a unix socket.
 
+mod cgroup;
 mod config;
+mod ids;
 mod image;
 mod network;
+mod sandbox;
 mod server;
 mod state;
 
@@ -35,13 +38,24 @@ enum Command {
     Config,
     /// Print version information.
     Version,
+    /// Internal: create, configure and pin a pod's namespaces.
+    #[command(hide = true)]
+    PinNamespaces(sandbox::namespaces::PinArgs),
+    /// Internal: hold a pod's shared PID namespace and reap zombies.
+    #[command(hide = true)]
+    PodInit(sandbox::namespaces::PodInitArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Version = cli.command {
-        println!("cricket {}\nCRI API v1", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Command::Version => {
+            println!("cricket {}\nCRI API v1", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::PinNamespaces(args) => return helper_exit(sandbox::namespaces::pin_main(args)),
+        Command::PodInit(args) => return helper_exit(sandbox::namespaces::pod_init_main(args)),
+        Command::Serve | Command::Config => {}
     }
     let file = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
     let sources = Sources { file: &file, file_required: cli.config.is_some(), dir: &cli.config_dir };
@@ -58,7 +72,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
-        Command::Version => unreachable!("handled above"),
+        Command::Version | Command::PinNamespaces(_) | Command::PodInit(_) => unreachable!("handled above"),
+    }
+}
+
+/// Helper modes report failure on stderr for the daemon to pass on.
+fn helper_exit(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

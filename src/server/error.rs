@@ -3,6 +3,7 @@
 use tonic::Status;
 
 use crate::image::{FailureKind, ImageError};
+use crate::sandbox::SandboxError;
 
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
@@ -19,6 +20,22 @@ impl From<ImageError> for Status {
             ImageError::Timeout { .. } => Status::deadline_exceeded(message),
             ImageError::Credentials { .. } => Status::failed_precondition(message),
             ImageError::Store(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<SandboxError> for Status {
+    fn from(e: SandboxError) -> Status {
+        let message = e.to_string();
+        match e {
+            SandboxError::Invalid(_) | SandboxError::UnknownHandler { .. } | SandboxError::Ambiguous(..) => {
+                Status::invalid_argument(message)
+            }
+            SandboxError::NameInUse { .. } => Status::already_exists(message),
+            SandboxError::NotFound(_) => Status::not_found(message),
+            SandboxError::Cgroup(_) => Status::failed_precondition(message),
+            SandboxError::Network(_) => Status::unavailable(message),
+            SandboxError::Namespaces(_) | SandboxError::Io { .. } => Status::internal(message),
         }
     }
 }

@@ -2,11 +2,13 @@
 
 mod error;
 mod image;
+mod pod;
 mod runtime;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
@@ -14,11 +16,14 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::cgroup;
 use crate::config::Config;
 use crate::image::Images;
+use crate::network::Cni;
+use crate::sandbox::Sandboxes;
 
 const MAX_MESSAGE: usize = 16 << 20;
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,6 +33,10 @@ pub enum ServeError {
     SocketInUse(String),
     #[error(transparent)]
     Images(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Sandboxes(#[from] crate::sandbox::SandboxError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -42,9 +51,12 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
     let images = Arc::new(Images::open(config.clone())?);
+    let cgroups = Arc::new(cgroup::Manager::new(config.cgroup.driver, Path::new("/sys/fs/cgroup"))?);
+    let cni = Arc::new(Cni::new(&config.cni, Duration::from_secs(config.cni.timeout_secs)));
+    let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups, cni)?);
     let listener = bind(&config.socket)?;
 
-    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone()))
+    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(image::ImageApi::new(images))

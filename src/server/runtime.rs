@@ -1,5 +1,5 @@
-//! CRI RuntimeService. Version, Status and RuntimeConfig answer now; pod and
-//! container RPCs answer UNIMPLEMENTED until their modules exist.
+//! CRI RuntimeService. Container RPCs answer UNIMPLEMENTED until the
+//! container module exists.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,16 +9,19 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
+use super::pod;
 use crate::config::{CgroupDriver as Driver, Config};
 use crate::network;
+use crate::sandbox::Sandboxes;
 
 pub struct RuntimeApi {
     config: Arc<Config>,
+    sandboxes: Arc<Sandboxes>,
 }
 
 impl RuntimeApi {
-    pub fn new(config: Arc<Config>) -> RuntimeApi {
-        RuntimeApi { config }
+    pub fn new(config: Arc<Config>, sandboxes: Arc<Sandboxes>) -> RuntimeApi {
+        RuntimeApi { config, sandboxes }
     }
 
     fn runtime_condition(&self) -> RuntimeCondition {
@@ -120,20 +123,27 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
-    async fn run_pod_sandbox(&self, _req: Request<RunPodSandboxRequest>) -> Reply<RunPodSandboxResponse> {
-        Err(not_built("RunPodSandbox"))
+    async fn run_pod_sandbox(&self, req: Request<RunPodSandboxRequest>) -> Reply<RunPodSandboxResponse> {
+        let req = req.into_inner();
+        let config = req.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let pod_sandbox_id = self.sandboxes.run(config, &req.runtime_handler).await?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
     }
-    async fn stop_pod_sandbox(&self, _req: Request<StopPodSandboxRequest>) -> Reply<StopPodSandboxResponse> {
-        Err(not_built("StopPodSandbox"))
+    async fn stop_pod_sandbox(&self, req: Request<StopPodSandboxRequest>) -> Reply<StopPodSandboxResponse> {
+        self.sandboxes.stop(&req.get_ref().pod_sandbox_id).await?;
+        Ok(Response::new(StopPodSandboxResponse {}))
     }
-    async fn remove_pod_sandbox(&self, _req: Request<RemovePodSandboxRequest>) -> Reply<RemovePodSandboxResponse> {
-        Err(not_built("RemovePodSandbox"))
+    async fn remove_pod_sandbox(&self, req: Request<RemovePodSandboxRequest>) -> Reply<RemovePodSandboxResponse> {
+        self.sandboxes.remove(&req.get_ref().pod_sandbox_id).await?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
     }
-    async fn pod_sandbox_status(&self, _req: Request<PodSandboxStatusRequest>) -> Reply<PodSandboxStatusResponse> {
-        Err(not_built("PodSandboxStatus"))
+    async fn pod_sandbox_status(&self, req: Request<PodSandboxStatusRequest>) -> Reply<PodSandboxStatusResponse> {
+        let req = req.get_ref();
+        Ok(Response::new(pod::status(&self.sandboxes, &req.pod_sandbox_id, req.verbose)?))
     }
-    async fn list_pod_sandbox(&self, _req: Request<ListPodSandboxRequest>) -> Reply<ListPodSandboxResponse> {
-        Err(not_built("ListPodSandbox"))
+    async fn list_pod_sandbox(&self, req: Request<ListPodSandboxRequest>) -> Reply<ListPodSandboxResponse> {
+        let items = pod::list(&self.sandboxes, req.get_ref().filter.as_ref());
+        Ok(Response::new(ListPodSandboxResponse { items }))
     }
     async fn create_container(&self, _req: Request<CreateContainerRequest>) -> Reply<CreateContainerResponse> {
         Err(not_built("CreateContainer"))
