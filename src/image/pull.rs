@@ -19,10 +19,10 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use super::auth::{self, Credentials};
 use super::reference::ImageName;
 use super::store::{ImageRecord, Store};
-use crate::state::remove_path;
 use super::unpack::{self, Compression, UnpackError};
 use super::ImageError;
 use crate::config::{parse_endpoint, Config};
+use crate::state::remove_path;
 
 const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
@@ -382,7 +382,9 @@ impl Puller {
 /// its checks is not.
 fn layer_failure(digest: &str, e: UnpackError) -> Failure {
     let kind = match &e {
-        UnpackError::Read(io) if io.get_ref().is_none_or(|inner| !inner.is::<DigestError>()) => FailureKind::Unreachable,
+        UnpackError::Read(io) if io.get_ref().is_none_or(|inner| !inner.is::<DigestError>()) => {
+            FailureKind::Unreachable
+        }
         _ => FailureKind::BadContent,
     };
     fail(kind, format!("layer {digest}: {e}"))

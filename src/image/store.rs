@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -209,7 +210,13 @@ impl Store {
         let target = self.snapshot_path(snapshot);
         let src = tmp.to_path_buf();
         let dest = target.clone();
-        tokio::task::spawn_blocking(move || std::fs::rename(src, dest)).await.map_err(io::Error::other)??;
+        // The index is fsynced; the files it points at must be on disk first.
+        tokio::task::spawn_blocking(move || {
+            nix::unistd::syncfs(std::fs::File::open(&src)?.as_raw_fd())?;
+            std::fs::rename(src, dest)
+        })
+        .await
+        .map_err(io::Error::other)??;
         self.index
             .lock()
             .unwrap()

@@ -158,7 +158,7 @@ fn bridge_plugin_add_check_del_in_scratch_netns() {
     assert!(run(&["ip", "netns", "add", &host.netns]).0, "ip netns add");
     let netns = PathBuf::from("/run/netns").join(&host.netns);
 
-    let cfg = CniConfig { conf_dir, bin_dirs: vec![PLUGINS.into()] };
+    let cfg = CniConfig { conf_dir, bin_dirs: vec![PLUGINS.into()], timeout_secs: 60 };
     let cni = Cni::new(&cfg, Duration::from_secs(30));
     let net = cni.network().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

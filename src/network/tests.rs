@@ -30,7 +30,11 @@ impl Fixture {
     }
 
     fn cfg(&self) -> CniConfig {
-        CniConfig { conf_dir: self.conf.clone(), bin_dirs: vec![self.dir.join("nowhere"), self.bin.clone()] }
+        CniConfig {
+            conf_dir: self.conf.clone(),
+            bin_dirs: vec![self.dir.join("nowhere"), self.bin.clone()],
+            timeout_secs: 60,
+        }
     }
 
     fn cni(&self, timeout: Duration) -> Cni {
