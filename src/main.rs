@@ -1,5 +1,6 @@
 //! cricket: a Kubernetes container runtime speaking CRI over a unix socket.
 
+mod cgroup;
 mod config;
 mod image;
 mod network;
