@@ -1,6 +1,5 @@
 //! Pod networking through CNI: config discovery, plugin invocation, results.
 //! Written against the CNI spec (1.1 down to 0.3.x configs; 0.1/0.2 results).
-#![allow(dead_code, unused_imports)] // callers land with the sandbox work
 
 mod cni;
 mod conf;

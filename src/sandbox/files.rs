@@ -40,7 +40,9 @@ pub fn check_sysctls(sysctls: &HashMap<String, String>, host: HostNamespaces) ->
             return Err(format!("sysctl {key:?}={value:?} is malformed"));
         }
         match (ipc, net) {
-            (true, _) if host.ipc => return Err(format!("sysctl {key} needs the pod's own IPC namespace (host IPC is set)")),
+            (true, _) if host.ipc => {
+                return Err(format!("sysctl {key} needs the pod's own IPC namespace (host IPC is set)"))
+            }
             (_, true) if host.network => {
                 return Err(format!("sysctl {key} needs the pod's own network namespace (host network is set)"))
             }

@@ -7,7 +7,7 @@
 pub mod files;
 pub mod namespaces;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -74,7 +74,7 @@ pub struct SandboxState {
     pub created_at: i64,
     pub ready: bool,
     /// Pinned namespace files, by kind; absent kinds are the host's.
-    pub namespaces: HashMap<NsKind, PathBuf>,
+    pub namespaces: BTreeMap<NsKind, PathBuf>,
     pub init: Option<Init>,
     pub cgroup: Option<CgroupPath>,
     /// Whether cricket created the pod cgroup (and so removes it).
@@ -83,12 +83,6 @@ pub struct SandboxState {
     /// IPs reported in status; kept after stop, as CRI expects.
     pub ips: Vec<IpAddr>,
     pub shm: Option<PathBuf>,
-}
-
-impl SandboxState {
-    pub fn host_network(&self) -> bool {
-        !self.namespaces.contains_key(&NsKind::Net)
-    }
 }
 
 pub struct Sandbox {
@@ -218,7 +212,7 @@ impl Sandboxes {
             runtime_handler: handler.to_string(),
             created_at: state::now_nanos(),
             ready: false,
-            namespaces: HashMap::new(),
+            namespaces: BTreeMap::new(),
             init: None,
             cgroup: None,
             cgroup_created: false,
@@ -298,7 +292,9 @@ impl Sandboxes {
             let pid = namespaces::start_pod_init(&join).await.map_err(SandboxError::Namespaces)?;
             let start_time = namespaces::start_time(pid).unwrap_or(0);
             st.init = Some(Init { pid, start_time });
-            self.cgroups.add_process(&pod_cgroup, pid)?;
+            // A child cgroup: cgroup v2 allows no processes in a cgroup with children.
+            let init_cgroup = self.cgroups.child(&pod_cgroup, "pod-init");
+            self.cgroups.create_with_pid(&init_cgroup, &Resources::default(), pid).await?;
         }
 
         if !host_ipc {
@@ -462,8 +458,10 @@ impl Sandboxes {
             }
         }
         self.release_processes_and_mounts(st);
-        if let (Some(cg), true) = (&st.cgroup, st.cgroup_created) {
-            if let Err(e) = self.cgroups.remove(cg).await {
+        if let Some(cg) = &st.cgroup {
+            // The pod cgroup itself may be kubelet's; the init's child is always ours.
+            let ours = if st.cgroup_created { cg.clone() } else { self.cgroups.child(cg, "pod-init") };
+            if let Err(e) = self.cgroups.remove(&ours).await {
                 tracing::warn!(sandbox = %st.id, error = %e, "removing pod cgroup failed");
             }
         }
@@ -485,7 +483,7 @@ impl Sandboxes {
                 tracing::warn!(sandbox = %st.id, error = %e, "unmounting shm failed");
             }
         }
-        for (kind, file) in st.namespaces.drain() {
+        for (kind, file) in std::mem::take(&mut st.namespaces) {
             if let Err(e) = namespaces::unpin(&file) {
                 tracing::warn!(sandbox = %st.id, ns = kind.name(), error = %e, "unpinning namespace failed");
             }

@@ -16,7 +16,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::{fork, setsid, ForkResult, Pid};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NsKind {
     Net,
@@ -248,7 +248,10 @@ mod tests {
     #[test]
     fn sysctl_paths() {
         assert_eq!(sysctl_path("net.ipv4.ip_forward"), Path::new("/proc/sys/net/ipv4/ip_forward"));
-        assert_eq!(sysctl_path("net/ipv4/conf/eth0.1/forwarding"), Path::new("/proc/sys/net/ipv4/conf/eth0.1/forwarding"));
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.1/forwarding"),
+            Path::new("/proc/sys/net/ipv4/conf/eth0.1/forwarding")
+        );
     }
 
     #[test]

@@ -17,10 +17,7 @@ fn cri_state(st: &SandboxState) -> i32 {
 
 fn network_status(st: &SandboxState) -> PodSandboxNetworkStatus {
     let mut ips = st.ips.iter().map(|ip| ip.to_string());
-    PodSandboxNetworkStatus {
-        ip: ips.next().unwrap_or_default(),
-        additional_ips: ips.map(|ip| PodIp { ip }).collect(),
-    }
+    PodSandboxNetworkStatus { ip: ips.next().unwrap_or_default(), additional_ips: ips.map(|ip| PodIp { ip }).collect() }
 }
 
 pub fn status(sandboxes: &Sandboxes, id: &str, verbose: bool) -> Result<PodSandboxStatusResponse, Status> {
