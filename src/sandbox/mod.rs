@@ -60,8 +60,10 @@ pub struct Init {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attached {
+    /// The network config ADD used, so DEL uses the same even if the conf dir changed.
     pub list: NetworkList,
-    pub result: NetworkResult,
+    /// None while ADD is running.
+    pub result: Option<NetworkResult>,
 }
 
 /// Everything known about a sandbox; persisted as `root/sandboxes/<id>/state.json`.
@@ -73,6 +75,10 @@ pub struct SandboxState {
     /// Nanoseconds since the epoch.
     pub created_at: i64,
     pub ready: bool,
+    /// Set until RunPodSandbox finishes; a daemon that restarts finds such a
+    /// sandbox half-built and tears it down.
+    #[serde(default)]
+    pub creating: bool,
     /// Pinned namespace files, by kind; absent kinds are the host's.
     pub namespaces: BTreeMap<NsKind, PathBuf>,
     pub init: Option<Init>,
@@ -123,14 +129,20 @@ fn mode(v: i32) -> NamespaceMode {
 
 impl Sandboxes {
     /// Loads persisted sandboxes and cleans what an interrupted run left behind.
-    pub fn open(config: Arc<Config>, cgroups: Arc<cgroup::Manager>, cni: Arc<Cni>) -> Result<Sandboxes, SandboxError> {
+    pub async fn open(config: Arc<Config>, cgroups: Arc<cgroup::Manager>, cni: Arc<Cni>) -> Result<Sandboxes, SandboxError> {
         let this = Sandboxes { config, cgroups, cni, inner: RwLock::new(Inner::default()) };
         let dir = this.state_root();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let mut known = std::collections::HashSet::new();
+        let mut half_built = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let path = entry.map_err(io_err(&dir))?.path().join("state.json");
             let Some(mut st) = state::read_json::<SandboxState>(&path).map_err(io_err(&path))? else { continue };
+            if st.creating {
+                known.insert(st.id.clone());
+                half_built.push(st);
+                continue;
+            }
             if st.ready && !this.still_alive(&st) {
                 tracing::warn!(sandbox = %st.id, "sandbox lost its namespaces or init (reboot?); marking it NotReady");
                 st.ready = false;
@@ -151,6 +163,10 @@ impl Sandboxes {
                     release_volatile(&entry.path());
                 }
             }
+        }
+        for mut st in half_built {
+            tracing::warn!(sandbox = %st.id, "tearing down a sandbox the daemon stopped while creating it");
+            this.teardown(&mut st).await;
         }
         Ok(this)
     }
@@ -212,6 +228,7 @@ impl Sandboxes {
             runtime_handler: handler.to_string(),
             created_at: state::now_nanos(),
             ready: false,
+            creating: true,
             namespaces: BTreeMap::new(),
             init: None,
             cgroup: None,
@@ -224,6 +241,7 @@ impl Sandboxes {
         match self.setup(&mut st).await {
             Ok(()) => {
                 st.ready = true;
+                st.creating = false;
                 if let Err(e) = self.persist(&st) {
                     self.teardown(&mut st).await;
                     self.inner.write().unwrap().names.release(&key, &id);
@@ -305,22 +323,23 @@ impl Sandboxes {
 
         if !host_net {
             let list = self.cni.network()?;
+            // Record what ADD is about to allocate, so a crash mid-ADD can be undone.
+            st.network = Some(Attached { list: (*list).clone(), result: None });
+            self.persist(st).map_err(io_err(&files))?;
             let attached = {
                 let pod = self.pod_network(st)?;
                 let add = self.cni.add(&list, &pod).await;
                 match add {
                     Ok(result) => result,
                     Err(e) => {
-                        // A half-done ADD may hold an IP or a veth: DEL releases them.
-                        if let Err(del) = self.cni.del(&list, &pod, None).await {
-                            tracing::warn!(sandbox = %st.id, error = %del, "CNI DEL after failed ADD also failed");
-                        }
+                        // The invoker already ran DEL for the half-done ADD.
+                        st.network = None;
                         return Err(e.into());
                     }
                 }
             };
             st.ips = attached.ips.clone();
-            st.network = Some(Attached { list: (*list).clone(), result: attached });
+            st.network = Some(Attached { list: (*list).clone(), result: Some(attached) });
         }
 
         let write = |name: &str, data: String| -> Result<(), SandboxError> {
@@ -415,7 +434,8 @@ impl Sandboxes {
         let mut st = sandbox.snapshot();
         if let Some(attached) = &st.network {
             let pod = self.pod_network(&st)?;
-            self.cni.del(&attached.list, &pod, Some(&attached.result.raw)).await?;
+            let prev = attached.result.as_ref().map(|r| &r.raw);
+            self.cni.del(&attached.list, &pod, prev).await?;
         }
         st.network = None;
         st.ready = false;
@@ -450,7 +470,8 @@ impl Sandboxes {
         if let Some(attached) = st.network.take() {
             match self.pod_network(st) {
                 Ok(pod) => {
-                    if let Err(e) = self.cni.del(&attached.list, &pod, Some(&attached.result.raw)).await {
+                    let prev = attached.result.as_ref().map(|r| &r.raw);
+                    if let Err(e) = self.cni.del(&attached.list, &pod, prev).await {
                         tracing::warn!(sandbox = %st.id, error = %e, "CNI DEL failed");
                     }
                 }

@@ -53,7 +53,7 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     let images = Arc::new(Images::open(config.clone())?);
     let cgroups = Arc::new(cgroup::Manager::new(config.cgroup.driver, Path::new("/sys/fs/cgroup"))?);
     let cni = Arc::new(Cni::new(&config.cni, Duration::from_secs(config.cni.timeout_secs)));
-    let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups, cni)?);
+    let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups, cni).await?);
     let listener = bind(&config.socket)?;
 
     let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes))
