@@ -16,6 +16,8 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::{fork, setsid, ForkResult, Pid};
 
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NsKind {
@@ -126,8 +128,8 @@ fn loopback_up() -> std::io::Result<()> {
 
 /// Runs the pin helper and waits for it; called from the daemon.
 pub async fn pin(args: &PinArgs) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new(self_exe());
-    cmd.arg("pin-namespaces").arg("--dir").arg(&args.dir);
+    let mut cmd = helper("pin-namespaces");
+    cmd.arg("--dir").arg(&args.dir);
     for k in &args.kinds {
         cmd.arg("--ns").arg(k.name());
     }
@@ -137,15 +139,25 @@ pub async fn pin(args: &PinArgs) -> Result<(), String> {
     for s in &args.sysctls {
         cmd.arg("--sysctl").arg(s);
     }
-    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+    run_helper(cmd, "pin-namespaces").await.map(drop)
+}
+
+fn helper(mode: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(self_exe());
+    cmd.arg(mode).kill_on_drop(true).stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Waits for a helper; its stdout on success, its stderr as the error.
+async fn run_helper(mut cmd: tokio::process::Command, what: &str) -> Result<String, String> {
+    let out = tokio::time::timeout(HELPER_TIMEOUT, cmd.output())
         .await
-        .map_err(|_| "namespace helper timed out after 30s".to_string())?
-        .map_err(|e| format!("starting namespace helper: {e}"))?;
+        .map_err(|_| format!("{what} timed out after {}s", HELPER_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("starting {what}: {e}"))?;
     if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        return Err(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Unmounts and deletes a pinned namespace file; missing is fine.
@@ -214,20 +226,12 @@ fn reap_forever() -> ! {
 
 /// Starts pod-init and returns the init's PID.
 pub async fn start_pod_init(join: &[PathBuf]) -> Result<i32, String> {
-    let mut cmd = tokio::process::Command::new(self_exe());
-    cmd.arg("pod-init");
+    let mut cmd = helper("pod-init");
     for p in join {
         cmd.arg("--join").arg(p);
     }
-    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .map_err(|_| "pod-init timed out after 30s".to_string())?
-        .map_err(|e| format!("starting pod-init: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| "pod-init printed no PID".to_string())
+    let out = run_helper(cmd, "pod-init").await?;
+    out.trim().parse().map_err(|_| format!("pod-init printed {out:?}, not a PID"))
 }
 
 /// Process start time (clock ticks since boot), to tell a live PID from a reused one.
