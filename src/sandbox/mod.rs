@@ -354,21 +354,19 @@ impl Sandboxes {
         Ok(())
     }
 
+    /// The pod's hostname; the node's when the pod doesn't name one (as
+    /// containerd and CRI-O do: a new UTS namespace starts as the host's copy).
     fn hostname(&self, st: &SandboxState, host_net: bool) -> Result<String, SandboxError> {
-        if host_net {
+        let name = &st.config.hostname;
+        if host_net || name.is_empty() {
             return nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().to_string())
                 .map_err(|e| SandboxError::Namespaces(format!("gethostname: {e}")));
         }
-        let name = if st.config.hostname.is_empty() {
-            st.config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
-        } else {
-            st.config.hostname.clone()
-        };
-        if name.is_empty() || name.len() > 64 || name.contains(['/', '\0', '\n']) {
-            return Err(SandboxError::Invalid(format!("hostname {name:?} is not valid")));
+        if name.len() > 64 || name.contains(['/', '\0', '\n', ' ']) {
+            return Err(SandboxError::Invalid(format!("hostname {name:?} is not valid (at most 64 characters, no spaces)")));
         }
-        Ok(name)
+        Ok(name.clone())
     }
 
     fn pod_cgroup_path(&self, parent: &str, id: &str) -> Result<CgroupPath, SandboxError> {
