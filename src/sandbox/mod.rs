@@ -58,6 +58,12 @@ pub struct Init {
     pub start_time: u64,
 }
 
+impl Init {
+    pub fn alive(&self) -> bool {
+        namespaces::is_running(self.pid, self.start_time)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attached {
     /// The network config ADD used, so DEL uses the same even if the conf dir changed.
@@ -89,6 +95,14 @@ pub struct SandboxState {
     /// IPs reported in status; kept after stop, as CRI expects.
     pub ips: Vec<IpAddr>,
     pub shm: Option<PathBuf>,
+}
+
+impl SandboxState {
+    /// Ready as recorded, and its PID namespace still held: with pod-init gone
+    /// no container could join the pod, so kubelet must recreate it.
+    pub fn is_ready(&self) -> bool {
+        self.ready && self.init.as_ref().is_none_or(Init::alive)
+    }
 }
 
 pub struct Sandbox {
@@ -129,7 +143,11 @@ fn mode(v: i32) -> NamespaceMode {
 
 impl Sandboxes {
     /// Loads persisted sandboxes and cleans what an interrupted run left behind.
-    pub async fn open(config: Arc<Config>, cgroups: Arc<cgroup::Manager>, cni: Arc<Cni>) -> Result<Sandboxes, SandboxError> {
+    pub async fn open(
+        config: Arc<Config>,
+        cgroups: Arc<cgroup::Manager>,
+        cni: Arc<Cni>,
+    ) -> Result<Sandboxes, SandboxError> {
         let this = Sandboxes { config, cgroups, cni, inner: RwLock::new(Inner::default()) };
         let dir = this.state_root();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -186,7 +204,7 @@ impl Sandboxes {
 
     fn still_alive(&self, st: &SandboxState) -> bool {
         let pins_ok = st.namespaces.values().all(|p| namespaces::is_pinned(p));
-        let init_ok = st.init.as_ref().is_none_or(|i| namespaces::start_time(i.pid) == Some(i.start_time));
+        let init_ok = st.init.as_ref().is_none_or(Init::alive);
         pins_ok && init_ok
     }
 
@@ -202,6 +220,12 @@ impl Sandboxes {
             Lookup::NotFound => Err(SandboxError::NotFound(id_or_prefix.to_string())),
             Lookup::Ambiguous(n) => Err(SandboxError::Ambiguous(id_or_prefix.to_string(), n)),
         }
+    }
+
+    /// Whether `sandbox` is still in the index (remove takes it out under its op lock).
+    fn is_current(&self, sandbox: &Arc<Sandbox>) -> bool {
+        let id = sandbox.state.lock().unwrap().id.clone();
+        self.inner.read().unwrap().sandboxes.get(&id).is_some_and(|s| Arc::ptr_eq(s, sandbox))
     }
 
     pub fn list(&self) -> Vec<SandboxState> {
@@ -273,6 +297,7 @@ impl Sandboxes {
         }
         let sysctls = files::check_sysctls(&linux.sysctls, HostNamespaces { network: host_net, ipc: host_ipc })
             .map_err(SandboxError::Invalid)?;
+        Bandwidth::from_annotations(&st.config.annotations).map_err(|e| SandboxError::Invalid(e.to_string()))?;
         let hostname = self.hostname(st, host_net)?;
 
         let files = self.files_dir(&st.id);
@@ -364,7 +389,9 @@ impl Sandboxes {
                 .map_err(|e| SandboxError::Namespaces(format!("gethostname: {e}")));
         }
         if name.len() > 64 || name.contains(['/', '\0', '\n', ' ']) {
-            return Err(SandboxError::Invalid(format!("hostname {name:?} is not valid (at most 64 characters, no spaces)")));
+            return Err(SandboxError::Invalid(format!(
+                "hostname {name:?} is not valid (at most 64 characters, no spaces)"
+            )));
         }
         Ok(name.clone())
     }
@@ -429,6 +456,9 @@ impl Sandboxes {
             Err(e) => return Err(e),
         };
         let _op = sandbox.op.lock().await;
+        if !self.is_current(&sandbox) {
+            return Ok(()); // removed while we waited for the lock
+        }
         let mut st = sandbox.snapshot();
         if let Some(attached) = &st.network {
             let pod = self.pod_network(&st)?;
@@ -454,6 +484,9 @@ impl Sandboxes {
             self.stop(id).await?;
         }
         let _op = sandbox.op.lock().await;
+        if !self.is_current(&sandbox) {
+            return Ok(());
+        }
         let mut st = sandbox.snapshot();
         self.teardown(&mut st).await;
         let key = name_key(&st.config)?;
@@ -493,7 +526,7 @@ impl Sandboxes {
 
     fn release_processes_and_mounts(&self, st: &mut SandboxState) {
         if let Some(init) = st.init.take() {
-            if namespaces::start_time(init.pid) == Some(init.start_time) {
+            if init.alive() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init.pid), nix::sys::signal::Signal::SIGKILL);
             }
         }

@@ -236,9 +236,20 @@ pub async fn start_pod_init(join: &[PathBuf]) -> Result<i32, String> {
 
 /// Process start time (clock ticks since boot), to tell a live PID from a reused one.
 pub fn start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
+}
+
+/// True while `pid` is the process that started at `start` and is not a zombie.
+pub fn is_running(pid: i32, start: u64) -> bool {
+    proc_stat(pid).is_some_and(|(state, s)| s == start && state != 'Z')
+}
+
+/// State letter and start time from /proc/<pid>/stat.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 pub fn self_exe() -> PathBuf {
@@ -260,7 +271,10 @@ mod tests {
 
     #[test]
     fn own_start_time_is_known() {
-        assert!(start_time(std::process::id() as i32).is_some());
+        let me = std::process::id() as i32;
+        let start = start_time(me).unwrap();
+        assert!(is_running(me, start));
+        assert!(!is_running(me, start + 1));
         assert!(start_time(i32::MAX).is_none());
     }
 }

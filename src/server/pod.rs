@@ -8,7 +8,7 @@ use tonic::Status;
 use crate::sandbox::{SandboxState, Sandboxes};
 
 fn cri_state(st: &SandboxState) -> i32 {
-    if st.ready {
+    if st.is_ready() {
         PodSandboxState::SandboxReady as i32
     } else {
         PodSandboxState::SandboxNotready as i32

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cri::image_service_client::ImageServiceClient;
@@ -513,9 +513,12 @@ pub struct Daemon {
     child: Option<Child>,
     pub socket: PathBuf,
     pub root: PathBuf,
+    pub run: PathBuf,
     pub config: PathBuf,
-    /// An empty CNI config dir.
+    /// The CNI config dir: empty, or holding the [`TestNet`] given to [`Daemon::start_with_net`].
     pub cni_dir: PathBuf,
+    /// host-local's `dataDir` for a [`TestNet`].
+    pub ipam_dir: PathBuf,
     env: Vec<(String, String)>,
 }
 
@@ -532,11 +535,33 @@ impl Daemon {
     }
 
     pub async fn start_with_env(insecure_hosts: &[&str], extra_toml: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_full(insecure_hosts, extra_toml, env, None).await
+    }
+
+    /// Starts `cricket serve` with `net` as its CNI network: the config in `<dir>/net.d`,
+    /// plugins from /usr/lib/cni, host-local's data in `<dir>/cni-ipam`.
+    pub async fn start_with_net(net: &TestNet, extra_toml: &str) -> Daemon {
+        Daemon::start_full(&[], extra_toml, &[], Some(net)).await
+    }
+
+    async fn start_full(
+        insecure_hosts: &[&str],
+        extra_toml: &str,
+        env: &[(&str, &str)],
+        net: Option<&TestNet>,
+    ) -> Daemon {
         let dir = tempdir();
         let d = dir.path();
-        let (socket, root, run, cni_dir) = (d.join("cricket.sock"), d.join("root"), d.join("run"), d.join("cni"));
+        let (socket, root, run, ipam_dir) = (d.join("cricket.sock"), d.join("root"), d.join("run"), d.join("cni-ipam"));
+        let (cni_dir, bin_dir) = match net {
+            None => (d.join("cni"), d.join("cni-bin")),
+            Some(_) => (d.join("net.d"), PathBuf::from(CNI_PLUGINS)),
+        };
         for p in [&root, &run, &cni_dir, &d.join("config.d")] {
             std::fs::create_dir_all(p).unwrap();
+        }
+        if let Some(net) = net {
+            std::fs::write(cni_dir.join("10-test.conflist"), net.conflist(&ipam_dir)).unwrap();
         }
         let mut toml = format!(
             "socket = \"{}\"\nroot = \"{}\"\nrun = \"{}\"\n[log]\nlevel = \"info\"\n[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\"]\n",
@@ -544,7 +569,7 @@ impl Daemon {
             root.display(),
             run.display(),
             cni_dir.display(),
-            d.join("cni-bin").display(),
+            bin_dir.display(),
         );
         for host in insecure_hosts {
             toml.push_str(&insecure(host));
@@ -557,8 +582,10 @@ impl Daemon {
             child: None,
             socket,
             root,
+            run,
             config,
             cni_dir,
+            ipam_dir,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         daemon.spawn().await;
@@ -723,11 +750,117 @@ impl Daemon {
     pub fn tmp_entries(&self) -> BTreeSet<String> {
         names(&self.store().join("tmp"))
     }
+
+    // --- pods ---
+
+    /// The daemon's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub async fn run_pod(&self, config: cri::PodSandboxConfig, handler: &str) -> Result<String, tonic::Status> {
+        let req = cri::RunPodSandboxRequest { config: Some(config), runtime_handler: handler.to_string() };
+        self.runtime().await.run_pod_sandbox(req).await.map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    pub async fn pod_status(&self, id: &str) -> Result<cri::PodSandboxStatus, tonic::Status> {
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: false };
+        let resp = self.runtime().await.pod_sandbox_status(req).await?.into_inner();
+        Ok(resp.status.expect("PodSandboxStatus has a status"))
+    }
+
+    /// Verbose PodSandboxStatus: the status and the JSON in info["info"].
+    pub async fn pod_info(&self, id: &str) -> (cri::PodSandboxStatus, serde_json::Value) {
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: true };
+        let resp = self.runtime().await.pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner();
+        let info = serde_json::from_str(resp.info.get("info").expect("verbose info[\"info\"]")).expect("info is JSON");
+        (resp.status.expect("PodSandboxStatus has a status"), info)
+    }
+
+    pub async fn stop_pod(&self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() };
+        self.runtime().await.stop_pod_sandbox(req).await.map(|_| ())
+    }
+
+    pub async fn remove_pod(&self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() };
+        self.runtime().await.remove_pod_sandbox(req).await.map(|_| ())
+    }
+
+    /// ListPodSandbox; IDs in the order cricket answers.
+    pub async fn list_pods(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        let req = cri::ListPodSandboxRequest { filter };
+        self.runtime().await.list_pod_sandbox(req).await.expect("ListPodSandbox").into_inner().items
+    }
+
+    /// Mounts under the run dir (pinned namespaces, shm): mount point and filesystem type.
+    pub fn run_mounts(&self) -> Vec<(PathBuf, String)> {
+        mounts().into_iter().filter(|(m, _)| m.starts_with(&self.run)).collect()
+    }
+
+    /// Entries of `<root>/sandboxes` (persistent) and `<run>/sandboxes` (volatile).
+    pub fn sandbox_dirs(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        (names(&self.root.join("sandboxes")), names(&self.run.join("sandboxes")))
+    }
+
+    /// Live processes other than the daemon whose command line names the daemon's
+    /// dir: namespace helpers, and pod-init of pods with a pinned namespace.
+    pub fn helper_pids(&self) -> Vec<i32> {
+        let dir = self.dir().to_string_lossy().into_owned();
+        let me = self.pid().map(|p| p as i32);
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if Some(pid) != me && is_running(pid) && String::from_utf8_lossy(&cmdline).contains(&dir) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Addresses host-local holds for `net` (one file per address in its dataDir).
+    pub fn ipam_ips(&self, net: &TestNet) -> BTreeSet<String> {
+        let dir = self.ipam_dir.join(&net.name);
+        names(&dir).into_iter().filter(|n| n.parse::<std::net::IpAddr>().is_ok()).collect()
+    }
+
+    /// What a failed test may leave: helpers and pod inits are killed, pinned namespaces
+    /// and shm unmounted, pod cgroups removed. A no-op when everything was cleaned.
+    fn clean_leftovers(&self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        for pid in self.helper_pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let mut cgroups = Vec::new();
+        for id in names(&self.root.join("sandboxes")) {
+            let state = std::fs::read(self.root.join("sandboxes").join(&id).join("state.json")).unwrap_or_default();
+            let state: serde_json::Value = serde_json::from_slice(&state).unwrap_or_default();
+            let (pid, start) = (state["init"]["pid"].as_i64(), state["init"]["start_time"].as_u64());
+            if let (Some(pid), Some(start)) = (pid, start) {
+                if proc_start_time(pid as i32) == Some(start) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+            cgroups.extend(pod_cgroup_dirs(&id));
+        }
+        let mut points: Vec<PathBuf> =
+            mounts().into_iter().map(|(m, _)| m).filter(|m| m.starts_with(self.dir())).collect();
+        points.sort();
+        for m in points.iter().rev() {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for dir in cgroups {
+            remove_cgroup_tree(&dir);
+        }
+    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
+        self.clean_leftovers();
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
@@ -856,4 +989,348 @@ pub async fn fake_registry(routes: Vec<Route>) -> String {
         }
     });
     host
+}
+
+/// Mounts of this (the daemon's) mount namespace: mount point and filesystem type.
+pub fn mounts() -> Vec<(PathBuf, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|line| {
+            // "36 35 98:0 /root /mount/point options [optional fields] - fstype source super-options"
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            Some((PathBuf::from(fields.get(4)?.replace("\\040", " ")), fields.get(sep + 1)?.to_string()))
+        })
+        .collect()
+}
+
+/// Mount points of the cgroup v1 hierarchies, controllers and named ones (name=systemd).
+pub fn cgroup_v1_mounts() -> Vec<PathBuf> {
+    mounts().into_iter().filter(|(_, fstype)| fstype == "cgroup").map(|(m, _)| m).collect()
+}
+
+/// The default pod cgroup of sandbox `id` in each hierarchy under /sys/fs/cgroup, where it exists:
+/// `/sys/fs/cgroup/<hierarchy>/cricket/pod-<id>`.
+pub fn pod_cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    cgroup_dirs(&format!("cricket/pod-{id}"))
+}
+
+/// `/sys/fs/cgroup/<hierarchy>/<rel>` in each hierarchy where it exists (symlinked aliases skipped).
+pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return Vec::new() };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path().join(rel))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Removes a cgroup dir and the cgroups under it, deepest first (best effort: retries
+/// while killed processes leave).
+pub fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The state letter in /proc/<pid>/stat (R, S, Z...); None once the process is gone.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Alive and not a zombie.
+pub fn is_running(pid: i32) -> bool {
+    process_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat).
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A namespace's identity as `readlink /proc/<pid>/ns/<kind>` gives it: `net:[4026531840]`.
+pub fn ns_link(pid: &str, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// A minimal pod: metadata (namespace `default`, uid `uid-<name>`, attempt 0), no Linux options.
+pub fn pod_config(name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.to_string(),
+            uid: format!("uid-{name}"),
+            namespace: "default".to_string(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pod networks
+
+pub const CNI_PLUGINS: &str = "/usr/lib/cni";
+/// Forwarding switches the bridge plugin turns on (for every network at once).
+const FORWARDING: [&str; 2] = ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"];
+
+/// Host settings shared by every [`TestNet`] of this process: saved when the
+/// first one is made, put back when the last one goes.
+struct SharedNet {
+    users: usize,
+    forwarding: Vec<Option<String>>,
+    /// portmap's CNI-HOSTPORT-* chains were there before: leave them.
+    hostport_chains_existed: bool,
+    /// Subnets (second and third octets) taken by live TestNets.
+    subnets: BTreeSet<(u8, u8)>,
+}
+
+static SHARED_NET: Mutex<SharedNet> = Mutex::new(SharedNet {
+    users: 0,
+    forwarding: Vec::new(),
+    hostport_chains_existed: false,
+    subnets: BTreeSet::new(),
+});
+
+fn shared_net() -> MutexGuard<'static, SharedNet> {
+    SHARED_NET.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs a command to completion (30 s limit): success, and stdout followed by stderr.
+pub fn sh(args: &[&str]) -> (bool, String) {
+    let out = run(Command::new(args[0]).args(&args[1..]), Duration::from_secs(30));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A CNI network of a test's own: bridge `crk<tag>`, a free `10.2xx.N.0/24`, ipMasq
+/// and portmap, for [`Daemon::start_with_net`]. [`TestNet::finish`] checks and undoes
+/// what it did to the host; dropping it undoes without checking.
+pub struct TestNet {
+    pub bridge: String,
+    /// The CNI network name (also host-local's dir in the dataDir).
+    pub name: String,
+    pub subnet: String,
+    /// `10.2xx.N.`: every address of the subnet starts with it.
+    pub prefix: String,
+    pub gateway: String,
+    octets: (u8, u8),
+    done: bool,
+}
+
+impl TestNet {
+    pub fn new() -> TestNet {
+        ensure_installed(&["/usr/lib/cni/bridge"], "containernetworking-plugins");
+        ensure_installed(&["/usr/sbin/iptables"], "iptables");
+        ensure_installed(&["/usr/bin/ping", "/bin/ping"], "iputils-ping");
+        ensure_installed(&["/usr/bin/nsenter"], "util-linux");
+        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let in_use = format!("{}{}", sh(&["ip", "-4", "addr"]).1, sh(&["ip", "-4", "route", "show", "table", "all"]).1);
+        let mut shared = shared_net();
+        let (b, c) = (0..1000)
+            .map(|_| (200 + rand::random::<u8>() % 50, rand::random::<u8>()))
+            .find(|(b, c)| !shared.subnets.contains(&(*b, *c)) && !in_use.contains(&format!("10.{b}.{c}.")))
+            .expect("a free 10.2xx.N.0/24");
+        if shared.users == 0 {
+            shared.forwarding = FORWARDING.iter().map(|p| std::fs::read_to_string(p).ok()).collect();
+            shared.hostport_chains_existed = sh(&["iptables", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT"]).0;
+        }
+        shared.users += 1;
+        shared.subnets.insert((b, c));
+        TestNet {
+            bridge: format!("crk{tag}"),
+            name: format!("crknet-{tag}"),
+            subnet: format!("10.{b}.{c}.0/24"),
+            prefix: format!("10.{b}.{c}."),
+            gateway: format!("10.{b}.{c}.1"),
+            octets: (b, c),
+            done: false,
+        }
+    }
+
+    /// The .conflist: bridge (gateway, ipMasq, hairpin) with host-local in `ipam_dir`, then portmap.
+    pub fn conflist(&self, ipam_dir: &Path) -> String {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": self.name,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": true,
+                    "ipMasq": true,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": self.subnet, "gateway": self.gateway}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": ipam_dir,
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+            ],
+        })
+        .to_string()
+    }
+
+    /// Interfaces enslaved to the bridge (the pods' host-side veths); empty without the bridge.
+    pub fn veths(&self) -> BTreeSet<String> {
+        let (ok, out) = sh(&["ip", "-o", "link", "show", "master", &self.bridge]);
+        if !ok {
+            return BTreeSet::new();
+        }
+        // "7: veth1a2b3c4d@if2: <BROADCAST,...> ..."
+        out.lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n).to_string()).collect()
+    }
+
+    /// iptables rules (all tables) naming this network's subnet or name.
+    pub fn iptables_rules(&self) -> Vec<String> {
+        let (ok, out) = sh(&["iptables-save"]);
+        assert!(ok, "iptables-save: {out}");
+        out.lines()
+            .filter(|l| l.starts_with("-A ") && (l.contains(&self.prefix) || l.contains(&self.name)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The nat chains the plugins make for a sandbox: bridge's ipMasq chain and portmap's DNAT chain.
+    pub fn chains(&self, sandbox_id: &str) -> [String; 2] {
+        // containernetworking/plugins pkg/utils: prefix + hex(sha512(network name + container ID)), 28 chars.
+        let hash = hex::encode(sha2::Sha512::digest(format!("{}{sandbox_id}", self.name)));
+        [format!("CNI-{hash}")[..28].to_string(), format!("CNI-DN-{hash}")[..28].to_string()]
+    }
+
+    /// Which of these sandboxes' chains exist in the nat table.
+    pub fn existing_chains(&self, sandbox_ids: &[String]) -> Vec<String> {
+        let (_, out) = sh(&["iptables", "-t", "nat", "-S"]);
+        let declared: BTreeSet<&str> = out.lines().filter_map(|l| l.strip_prefix("-N ")).collect();
+        sandbox_ids.iter().flat_map(|id| self.chains(id)).filter(|c| declared.contains(c.as_str())).collect()
+    }
+
+    /// `ping -c1 -W2` from the host.
+    pub fn ping(&self, ip: &str) -> bool {
+        sh(&["ping", "-c1", "-W2", ip]).0
+    }
+
+    /// Asserts the host is clean of this network (no iptables rules naming it; its bridge
+    /// deleted; when it is the last TestNet, forwarding and portmap's chains as before),
+    /// cleaning up first either way.
+    pub fn finish(mut self) {
+        let rules = self.iptables_rules();
+        let last = self.release();
+        assert!(
+            rules.is_empty(),
+            "iptables rules of {} ({}) left behind:
+{}",
+            self.name,
+            self.subnet,
+            rules.join(
+                "
+"
+            )
+        );
+        assert!(!sh(&["ip", "link", "show", "dev", &self.bridge]).0, "bridge {} still exists", self.bridge);
+        if let Some((forwarding, hostport_chains_existed)) = last {
+            for (path, before) in FORWARDING.iter().zip(&forwarding) {
+                assert_eq!(&std::fs::read_to_string(path).ok(), before, "{path} restored");
+            }
+            if !hostport_chains_existed {
+                let (_, nat) = sh(&["iptables", "-t", "nat", "-S"]);
+                assert!(
+                    !nat.contains("CNI-HOSTPORT-"),
+                    "portmap chains left:
+{nat}"
+                );
+            }
+        }
+    }
+
+    /// Removes rules and chains naming this network, deletes the bridge; the last TestNet
+    /// also restores forwarding and removes portmap's shared chains (unless they were there
+    /// before). Returns what was restored when it was the last.
+    fn release(&mut self) -> Option<(Vec<Option<String>>, bool)> {
+        if std::mem::replace(&mut self.done, true) {
+            return None;
+        }
+        let (prefix, name) = (self.prefix.clone(), self.name.clone());
+        remove_nat_rules(
+            |chain, rules| {
+                chain.starts_with("CNI-")
+                    && !chain.starts_with("CNI-HOSTPORT-")
+                    && rules.iter().any(|r| r.contains(&prefix) || r.contains(&name))
+            },
+            |rule| rule.contains(&prefix) || rule.contains(&name),
+        );
+        sh(&["ip", "link", "del", &self.bridge]);
+        let mut shared = shared_net();
+        shared.users -= 1;
+        shared.subnets.remove(&self.octets);
+        if shared.users > 0 {
+            return None;
+        }
+        for (path, value) in FORWARDING.iter().zip(&shared.forwarding) {
+            if let Some(v) = value {
+                let _ = std::fs::write(path, v);
+            }
+        }
+        if !shared.hostport_chains_existed {
+            remove_nat_rules(|chain, _| chain.starts_with("CNI-HOSTPORT-"), |_| false);
+        }
+        Some((shared.forwarding.clone(), shared.hostport_chains_existed))
+    }
+}
+
+impl Default for TestNet {
+    fn default() -> Self {
+        TestNet::new()
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Deletes the nat chains `doomed(chain, its rules)` picks, with every rule jumping to them,
+/// and the rules of other chains that `also(rule)` picks.
+fn remove_nat_rules(doomed: impl Fn(&str, &[&str]) -> bool, also: impl Fn(&str) -> bool) {
+    let (_, out) = sh(&["iptables", "-t", "nat", "-S"]);
+    let chains: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N ").or_else(|| l.strip_prefix("-P ")?.split(' ').next()))
+        .collect();
+    let appended: Vec<(&str, &str)> =
+        out.lines().filter_map(|l| l.strip_prefix("-A ")).filter_map(|r| r.split_once(' ')).collect();
+    let rules_of =
+        |chain: &str| -> Vec<&str> { appended.iter().filter(|(c, _)| *c == chain).map(|(_, r)| *r).collect() };
+    let gone: Vec<&str> = chains.iter().copied().filter(|c| doomed(c, &rules_of(c))).collect();
+    for chain in chains.iter().filter(|c| !gone.contains(c)) {
+        for rule in rules_of(chain) {
+            let target = rule.split_once(" -j ").and_then(|(_, t)| t.split_whitespace().next()).unwrap_or("");
+            if gone.contains(&target) || also(rule) {
+                // By spec, not number: other tests change these chains meanwhile. `-S` quotes
+                // its output for a shell.
+                sh(&["sh", "-c", &format!("iptables -t nat -D {chain} {rule}")]);
+            }
+        }
+    }
+    for op in ["-F", "-X"] {
+        for chain in &gone {
+            sh(&["iptables", "-t", "nat", op, chain]);
+        }
+    }
 }
