@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
-"""Build a multi-layer image of random (incompressible) data and push it to a
-registry over the distribution HTTP API v2 (plain HTTP), as an OCI manifest.
+"""Build an image and push it to a registry over the distribution HTTP API v2
+(plain HTTP), as an OCI manifest. Either a multi-layer image of random
+(incompressible) data, or a one-layer image of a given root filesystem.
 
-Every layer is a gzip'd tar holding a few files of seeded random bytes, so a
-rerun with the same arguments produces byte-identical blobs and the same
+Every random layer is a gzip'd tar holding a few files of seeded random bytes,
+so a rerun with the same arguments produces byte-identical blobs and the same
 manifest digest. Blobs the registry already has are not uploaded again.
 
     mkimage.py --registry 127.0.0.1:5001 [--repo bench/random] [--tag v1]
                [--layers 5] [--layer-mib 20] [--files 4] [--seed 20250101]
+
+With --rootfs, the single layer is that directory (entries sorted, owned by
+root, fixed mtimes: reproducible) or that uncompressed tar file, as is:
+
+    mkimage.py --registry 127.0.0.1:5001 --repo bench/pause --tag 3.9 \
+               --rootfs DIR|FILE.tar --entrypoint /pause
 
 Prints the pushed reference (REGISTRY/REPO:TAG) on stdout; progress on stderr.
 Python 3.9+ standard library only.
@@ -19,7 +26,9 @@ import hashlib
 import http.client
 import io
 import json
+import os
 import random
+import shlex
 import sys
 import tarfile
 import time
@@ -67,6 +76,29 @@ def build_layer(rnd, index, nbytes, nfiles):
     # level 1: the data is random anyway, higher levels only cost time
     blob = gzip.compress(tar, compresslevel=1, mtime=0)
     return blob, sha256(tar)
+
+
+def rootfs_layer(path):
+    """One layer from a directory tree or an uncompressed tar. Returns (gzip blob, diff_id)."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            tar = f.read()
+    else:
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(dirs) + sorted(files):
+                    full = os.path.join(root, name)
+                    ti = tf.gettarinfo(full, os.path.relpath(full, path))
+                    ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = MTIME, 0, 0, "", ""
+                    if ti.isreg():
+                        with open(full, "rb") as f:
+                            tf.addfile(ti, f)
+                    else:
+                        tf.addfile(ti)
+        tar = raw.getvalue()
+    return gzip.compress(tar, compresslevel=6, mtime=0), sha256(tar)
 
 
 class Registry:
@@ -142,25 +174,36 @@ def main():
     ap.add_argument("--files", type=int, default=4, help="files per layer")
     ap.add_argument("--seed", type=int, default=20250101)
     ap.add_argument("--chunked", action="store_true", help="PATCH in 8 MiB chunks instead of one PUT")
+    ap.add_argument("--rootfs", help="one layer from this directory or uncompressed tar (no random layers)")
+    ap.add_argument("--entrypoint", help="image Entrypoint, split like a shell command line (with --rootfs)")
     args = ap.parse_args()
     if args.layers < 1 or args.files < 1 or args.layer_mib <= 0:
         ap.error("--layers, --files and --layer-mib must be positive")
+    if args.entrypoint and not args.rootfs:
+        ap.error("--entrypoint needs --rootfs")
 
     t0 = time.monotonic()
-    rnd = random.Random(args.seed)
-    per_layer = int(args.layer_mib * 1024 * 1024)
-    layers = [build_layer(rnd, i, per_layer, args.files) for i in range(args.layers)]
+    image_config = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
+    if args.rootfs:
+        layers = [rootfs_layer(args.rootfs)]
+        if args.entrypoint:
+            image_config["Entrypoint"] = shlex.split(args.entrypoint)
+        history = ["mkimage.py: root filesystem %s" % os.path.basename(os.path.normpath(args.rootfs))]
+    else:
+        rnd = random.Random(args.seed)
+        per_layer = int(args.layer_mib * 1024 * 1024)
+        layers = [build_layer(rnd, i, per_layer, args.files) for i in range(args.layers)]
+        image_config["Cmd"] = ["/bin/sh"]
+        history = ["mkimage.py: %g MiB of random data (layer %d)" % (args.layer_mib, i) for i in range(len(layers))]
     log("built %d layers in %.1fs" % (len(layers), time.monotonic() - t0))
 
     config = {
         "architecture": "amd64",
         "os": "linux",
         "created": CREATED,
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                   "Cmd": ["/bin/sh"]},
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [d for _, d in layers]},
-        "history": [{"created": CREATED, "created_by": "mkimage.py: %g MiB of random data (layer %d)"
-                     % (args.layer_mib, i)} for i in range(len(layers))],
+        "history": [{"created": CREATED, "created_by": h} for h in history],
     }
     config_b = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     manifest = {
