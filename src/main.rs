@@ -41,9 +41,6 @@ enum Command {
     /// Internal: create, configure and pin a pod's namespaces.
     #[command(hide = true)]
     PinNamespaces(sandbox::namespaces::PinArgs),
-    /// Internal: hold a pod's shared PID namespace and reap zombies.
-    #[command(hide = true)]
-    PodInit(sandbox::namespaces::PodInitArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,7 +51,6 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::PinNamespaces(args) => return helper_exit(sandbox::namespaces::pin_main(args)),
-        Command::PodInit(args) => return helper_exit(sandbox::namespaces::pod_init_main(args)),
         Command::Serve | Command::Config => {}
     }
     let file = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
@@ -72,7 +68,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
-        Command::Version | Command::PinNamespaces(_) | Command::PodInit(_) => unreachable!("handled above"),
+        Command::Version | Command::PinNamespaces(_) => unreachable!("handled above"),
     }
 }
 

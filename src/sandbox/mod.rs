@@ -307,8 +307,6 @@ impl Sandboxes {
 
         let pod_cgroup = self.pod_cgroup_path(&linux.cgroup_parent, &st.id)?;
         st.cgroup = Some(pod_cgroup.clone());
-        st.cgroup_created = self.cgroups.create(&pod_cgroup, &pod_resources(&linux)).await?;
-
         let mut kinds = Vec::new();
         if !host_net {
             kinds.extend([NsKind::Net, NsKind::Uts]);
@@ -316,29 +314,36 @@ impl Sandboxes {
         if !host_ipc {
             kinds.push(NsKind::Ipc);
         }
+        let want_init = mode(ns_opts.pid) == NamespaceMode::Pod;
         let ns_dir = run.join("ns");
-        if !kinds.is_empty() {
-            let args = PinArgs { dir: ns_dir.clone(), kinds: kinds.clone(), hostname: Some(hostname.clone()), sysctls };
-            let result = namespaces::pin(&args).await;
-            // Record whatever got pinned, even on failure, so teardown unmounts it.
-            for k in &kinds {
-                let file = ns_dir.join(k.name());
-                if namespaces::is_pinned(&file) {
-                    st.namespaces.insert(*k, file);
-                }
+        let args = PinArgs {
+            dir: ns_dir.clone(),
+            kinds: kinds.clone(),
+            hostname: Some(hostname.clone()),
+            sysctls,
+            pod_init: want_init,
+        };
+        // Neither step needs the other: run them together.
+        let resources = pod_resources(&linux);
+        let (created, pinned) = tokio::join!(self.cgroups.create(&pod_cgroup, &resources), async {
+            if kinds.is_empty() && !want_init {
+                Ok(None)
+            } else {
+                namespaces::pin(&args).await
             }
-            result.map_err(SandboxError::Namespaces)?;
+        });
+        // Record whatever exists, even on failure, so teardown undoes it.
+        for k in &kinds {
+            let file = ns_dir.join(k.name());
+            if namespaces::is_pinned(&file) {
+                st.namespaces.insert(*k, file);
+            }
         }
-
-        if mode(ns_opts.pid) == NamespaceMode::Pod {
-            let join: Vec<PathBuf> = st.namespaces.values().cloned().collect();
-            let pid = namespaces::start_pod_init(&join).await.map_err(SandboxError::Namespaces)?;
-            let start_time = namespaces::start_time(pid).unwrap_or(0);
-            st.init = Some(Init { pid, start_time });
-            // A child cgroup: cgroup v2 allows no processes in a cgroup with children.
-            let init_cgroup = self.cgroups.child(&pod_cgroup, "pod-init");
-            self.cgroups.create_with_pid(&init_cgroup, &Resources::default(), pid).await?;
+        if let Ok(Some(pid)) = pinned {
+            st.init = Some(Init { pid, start_time: namespaces::start_time(pid).unwrap_or(0) });
         }
+        st.cgroup_created = created?;
+        pinned.map_err(SandboxError::Namespaces)?;
 
         if !host_ipc {
             let shm = run.join("shm");
@@ -346,30 +351,45 @@ impl Sandboxes {
             st.shm = Some(shm);
         }
 
-        if !host_net {
+        // The init's own cgroup: cgroup v2 allows no processes in a cgroup with children.
+        let init_cgroup = self.cgroups.child(&pod_cgroup, "pod-init");
+        let place_init = async {
+            match &st.init {
+                Some(init) => {
+                    self.cgroups.create_with_pid(&init_cgroup, &Resources::default(), init.pid).await.map(drop)
+                }
+                None => Ok(()),
+            }
+        };
+        if host_net {
+            place_init.await?;
+        } else {
             let list = self.cni.network()?;
             // Record what ADD is about to allocate, so a crash mid-ADD can be undone.
             st.network = Some(Attached { list: (*list).clone(), result: None });
             self.persist(st).map_err(io_err(&files))?;
-            let attached = {
-                let pod = self.pod_network(st)?;
-                let add = self.cni.add(&list, &pod).await;
-                match add {
-                    Ok(result) => result,
-                    Err(e) => {
-                        // The invoker already ran DEL for the half-done ADD.
-                        st.network = None;
-                        return Err(e.into());
-                    }
+            let pod = self.pod_network(st)?;
+            // Moving a process between cgroups can wait on the kernel for many
+            // milliseconds; overlap it with the CNI plugins.
+            let (placed, added) = tokio::join!(place_init, self.cni.add(&list, &pod));
+            match added {
+                Ok(result) => {
+                    st.ips = result.ips.clone();
+                    st.network = Some(Attached { list: (*list).clone(), result: Some(result) });
                 }
-            };
-            st.ips = attached.ips.clone();
-            st.network = Some(Attached { list: (*list).clone(), result: Some(attached) });
+                Err(e) => {
+                    // The invoker already ran DEL for the half-done ADD.
+                    st.network = None;
+                    return Err(e.into());
+                }
+            }
+            placed?;
         }
 
+        // No fsync: these only matter while the pod's namespaces live.
         let write = |name: &str, data: String| -> Result<(), SandboxError> {
             let p = files.join(name);
-            state::write_atomic(&p, data.as_bytes()).map_err(io_err(&p))
+            std::fs::write(&p, data).map_err(io_err(&p))
         };
         write("hostname", format!("{hostname}\n"))?;
         write("hosts", files::hosts_file(&hostname, &st.ips))?;
@@ -510,6 +530,10 @@ impl Sandboxes {
             }
         }
         self.release_processes_and_mounts(st);
+        if let (Some(cg), true) = (&st.cgroup, st.creating) {
+            // A half-built pod may have an init the state never recorded.
+            let _ = self.cgroups.kill_all(&self.cgroups.child(cg, "pod-init"), nix::sys::signal::Signal::SIGKILL);
+        }
         if let Some(cg) = &st.cgroup {
             // The pod cgroup itself may be kubelet's; the init's child is always ours.
             let ours = if st.cgroup_created { cg.clone() } else { self.cgroups.child(cg, "pod-init") };

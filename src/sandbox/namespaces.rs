@@ -1,8 +1,8 @@
 //! Pod namespaces without an infra container: a short-lived helper process
 //! (`cricket pin-namespaces`) unshares net/ipc/uts, configures them and
-//! bind-mounts them onto files; `cricket pod-init` holds a shared PID
-//! namespace. Both run in their own single-threaded process, never between
-//! fork and exec in the daemon.
+//! bind-mounts them onto files; for a shared PID namespace it then forks the
+//! pod's init, which reaps zombies for the pod's life. This runs in its own
+//! single-threaded process, never between fork and exec in the daemon.
 
 use std::fs::File;
 use std::io::Write;
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::{fork, setsid, ForkResult, Pid};
@@ -67,6 +67,9 @@ pub struct PinArgs {
     /// key=value, applied inside the new namespaces.
     #[arg(long = "sysctl")]
     pub sysctls: Vec<String>,
+    /// Also create a PID namespace with an init; its host PID is printed.
+    #[arg(long)]
+    pub pod_init: bool,
 }
 
 /// Runs in the helper process: create, configure, pin.
@@ -91,6 +94,9 @@ pub fn pin_main(args: &PinArgs) -> Result<(), String> {
         let source = format!("/proc/self/ns/{}", kind.name());
         mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(|e| format!("pinning {source} at {}: {e}", target.display()))?;
+    }
+    if args.pod_init {
+        start_init()?;
     }
     Ok(())
 }
@@ -126,8 +132,9 @@ fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs the pin helper and waits for it; called from the daemon.
-pub async fn pin(args: &PinArgs) -> Result<(), String> {
+/// Runs the pin helper and waits for it; called from the daemon. Returns
+/// the init's PID when one was asked for.
+pub async fn pin(args: &PinArgs) -> Result<Option<i32>, String> {
     let mut cmd = helper("pin-namespaces");
     cmd.arg("--dir").arg(&args.dir);
     for k in &args.kinds {
@@ -139,7 +146,14 @@ pub async fn pin(args: &PinArgs) -> Result<(), String> {
     for s in &args.sysctls {
         cmd.arg("--sysctl").arg(s);
     }
-    run_helper(cmd, "pin-namespaces").await.map(drop)
+    if args.pod_init {
+        cmd.arg("--pod-init");
+    }
+    let out = run_helper(cmd, "pin-namespaces").await?;
+    if !args.pod_init {
+        return Ok(None);
+    }
+    out.trim().parse().map(Some).map_err(|_| format!("pin-namespaces printed {out:?}, not the init's PID"))
 }
 
 fn helper(mode: &str) -> tokio::process::Command {
@@ -177,20 +191,9 @@ pub fn is_pinned(file: &Path) -> bool {
     nix::sys::statfs::statfs(file).is_ok_and(|s| s.filesystem_type().0 as u64 == 0x6e73_6673)
 }
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct PodInitArgs {
-    /// Pinned namespaces to join first (files from pin-namespaces).
-    #[arg(long = "join")]
-    pub join: Vec<PathBuf>,
-}
-
-/// `cricket pod-init`: joins the pod's namespaces, makes a PID namespace and
-/// forks its init, which reaps zombies until killed. Prints the init's host PID.
-pub fn pod_init_main(args: &PodInitArgs) -> Result<(), String> {
-    for path in &args.join {
-        let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        setns(&f, CloneFlags::empty()).map_err(|e| format!("setns {}: {e}", path.display()))?;
-    }
+/// Makes a PID namespace and forks its init, which reaps zombies until
+/// killed; prints the init's host PID.
+fn start_init() -> Result<(), String> {
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(pid): {e}"))?;
     // SAFETY: this helper is single-threaded; the child only makes syscalls.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
@@ -200,6 +203,7 @@ pub fn pod_init_main(args: &PodInitArgs) -> Result<(), String> {
         }
         ForkResult::Child => {
             let _ = setsid();
+            let _ = nix::sys::prctl::set_name(c"pod-init");
             if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
                 for fd in 0..3 {
                     let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
@@ -222,16 +226,6 @@ fn reap_forever() -> ! {
             }
         }
     }
-}
-
-/// Starts pod-init and returns the init's PID.
-pub async fn start_pod_init(join: &[PathBuf]) -> Result<i32, String> {
-    let mut cmd = helper("pod-init");
-    for p in join {
-        cmd.arg("--join").arg(p);
-    }
-    let out = run_helper(cmd, "pod-init").await?;
-    out.trim().parse().map_err(|_| format!("pod-init printed {out:?}, not a PID"))
 }
 
 /// Process start time (clock ticks since boot), to tell a live PID from a reused one.
