@@ -722,3 +722,42 @@ async fn pod_is_not_ready_once_pod_init_dies() {
     finish(d, net);
     assert_eq!((state, listed), (NOTREADY, Some(NOTREADY)), "status and list after pod-init died");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_follow_the_pod_lifecycle() {
+    use cri::ContainerEventType as E;
+    let net = TestNet::new();
+    let d = Daemon::start_with_net(&net, "").await;
+    // Two subscribers, as kubelet and crictl events might be: each sees everything.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let s = d.runtime().await.get_container_events(cri::GetEventsRequest {}).await.expect("GetContainerEvents");
+        streams.push(s.into_inner());
+    }
+    let id = d.run_pod(pod_config("events"), "").await.expect("RunPodSandbox");
+    d.stop_pod(&id).await.expect("stop");
+    d.remove_pod(&id).await.expect("remove");
+
+    for mut stream in streams {
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            let next = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+            let ev = next.expect("event within 10s").expect("stream ok").expect("stream open");
+            seen.push(ev);
+        }
+        let kinds: Vec<i32> = seen.iter().map(|e| e.container_event_type).collect();
+        let want = [E::ContainerCreatedEvent, E::ContainerStartedEvent, E::ContainerStoppedEvent, E::ContainerDeletedEvent];
+        assert_eq!(kinds, want.map(|k| k as i32), "{seen:?}");
+        let states: Vec<i32> = seen.iter().map(|e| e.pod_sandbox_status.as_ref().expect("pod status").state).collect();
+        assert_eq!(states, [READY, READY, NOTREADY, NOTREADY]);
+        for ev in &seen {
+            assert_eq!(ev.container_id, id);
+            let status = ev.pod_sandbox_status.as_ref().unwrap();
+            assert_eq!(status.id, id);
+            assert_eq!(status.metadata.as_ref().unwrap().name, "events");
+            assert!(ev.created_at > 0);
+        }
+        assert!(seen.windows(2).all(|w| w[0].created_at <= w[1].created_at), "events in order");
+    }
+    finish(d, net);
+}

@@ -105,6 +105,30 @@ impl SandboxState {
     }
 }
 
+/// What happened to a sandbox (and, later, to a container), for
+/// GetContainerEvents subscribers such as kubelet's evented PLEG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Started,
+    Stopped,
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+pub struct LifecycleEvent {
+    /// The sandbox (or container) the event is about.
+    pub id: String,
+    pub kind: EventKind,
+    /// Nanoseconds since the epoch.
+    pub at: i64,
+    /// The pod as it was right after the change.
+    pub sandbox: SandboxState,
+}
+
+/// Events kept for subscribers that fall behind; a slower one loses the oldest.
+const EVENT_BUFFER: usize = 1024;
+
 pub struct Sandbox {
     op: tokio::sync::Mutex<()>,
     state: Mutex<SandboxState>,
@@ -127,6 +151,7 @@ pub struct Sandboxes {
     cgroups: Arc<cgroup::Manager>,
     cni: Arc<Cni>,
     inner: RwLock<Inner>,
+    events: tokio::sync::broadcast::Sender<LifecycleEvent>,
 }
 
 fn name_key(config: &PodSandboxConfig) -> Result<String, SandboxError> {
@@ -148,7 +173,8 @@ impl Sandboxes {
         cgroups: Arc<cgroup::Manager>,
         cni: Arc<Cni>,
     ) -> Result<Sandboxes, SandboxError> {
-        let this = Sandboxes { config, cgroups, cni, inner: RwLock::new(Inner::default()) };
+        let events = tokio::sync::broadcast::channel(EVENT_BUFFER).0;
+        let this = Sandboxes { config, cgroups, cni, inner: RwLock::new(Inner::default()), events };
         let dir = this.state_root();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let mut known = std::collections::HashSet::new();
@@ -222,6 +248,17 @@ impl Sandboxes {
         }
     }
 
+    /// A new subscriber sees every event published from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LifecycleEvent> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, kind: EventKind, st: &SandboxState) {
+        // No subscribers is fine: nobody is listening.
+        let _ =
+            self.events.send(LifecycleEvent { id: st.id.clone(), kind, at: state::now_nanos(), sandbox: st.clone() });
+    }
+
     /// Whether `sandbox` is still in the index (remove takes it out under its op lock).
     fn is_current(&self, sandbox: &Arc<Sandbox>) -> bool {
         let id = sandbox.state.lock().unwrap().id.clone();
@@ -272,6 +309,8 @@ impl Sandboxes {
                     return Err(io_err(&self.files_dir(&id))(e));
                 }
                 tracing::info!(sandbox = %id, name = %key, ips = ?st.ips, elapsed_ms = started.elapsed().as_millis() as u64, "pod sandbox ready");
+                self.publish(EventKind::Created, &st);
+                self.publish(EventKind::Started, &st);
                 let sandbox = Arc::new(Sandbox { op: Default::default(), state: Mutex::new(st) });
                 self.inner.write().unwrap().sandboxes.insert(id.clone(), sandbox);
                 Ok(id)
@@ -489,6 +528,7 @@ impl Sandboxes {
         st.ready = false;
         self.release_processes_and_mounts(&mut st);
         self.persist(&st).map_err(io_err(&self.files_dir(&st.id)))?;
+        self.publish(EventKind::Stopped, &st);
         *sandbox.state.lock().unwrap() = st;
         Ok(())
     }
@@ -510,9 +550,12 @@ impl Sandboxes {
         let mut st = sandbox.snapshot();
         self.teardown(&mut st).await;
         let key = name_key(&st.config)?;
-        let mut inner = self.inner.write().unwrap();
-        inner.sandboxes.remove(&st.id);
-        inner.names.release(&key, &st.id);
+        {
+            let mut inner = self.inner.write().unwrap();
+            inner.sandboxes.remove(&st.id);
+            inner.names.release(&key, &st.id);
+        }
+        self.publish(EventKind::Deleted, &st);
         Ok(())
     }
 

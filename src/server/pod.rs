@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use k8s_cri::v1::*;
 use tonic::Status;
 
-use crate::sandbox::{SandboxState, Sandboxes};
+use crate::sandbox::{EventKind, LifecycleEvent, SandboxState, Sandboxes};
 
 fn cri_state(st: &SandboxState) -> i32 {
     if st.is_ready() {
@@ -20,8 +20,8 @@ fn network_status(st: &SandboxState) -> PodSandboxNetworkStatus {
     PodSandboxNetworkStatus { ip: ips.next().unwrap_or_default(), additional_ips: ips.map(|ip| PodIp { ip }).collect() }
 }
 
-pub fn status(sandboxes: &Sandboxes, id: &str, verbose: bool) -> Result<PodSandboxStatusResponse, Status> {
-    let st = sandboxes.get(id)?.snapshot();
+/// The CRI status of a sandbox state.
+pub fn sandbox_status(st: &SandboxState) -> PodSandboxStatus {
     let options = st
         .config
         .linux
@@ -29,17 +29,22 @@ pub fn status(sandboxes: &Sandboxes, id: &str, verbose: bool) -> Result<PodSandb
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.clone())
         .unwrap_or_default();
-    let status = PodSandboxStatus {
+    PodSandboxStatus {
         id: st.id.clone(),
         metadata: st.config.metadata.clone(),
-        state: cri_state(&st),
+        state: cri_state(st),
         created_at: st.created_at,
-        network: Some(network_status(&st)),
+        network: Some(network_status(st)),
         linux: Some(LinuxPodSandboxStatus { namespaces: Some(Namespace { options: Some(options) }) }),
         labels: st.config.labels.clone(),
         annotations: st.config.annotations.clone(),
         runtime_handler: st.runtime_handler.clone(),
-    };
+    }
+}
+
+pub fn status(sandboxes: &Sandboxes, id: &str, verbose: bool) -> Result<PodSandboxStatusResponse, Status> {
+    let st = sandboxes.get(id)?.snapshot();
+    let status = sandbox_status(&st);
     let mut info = HashMap::new();
     if verbose {
         let doc = serde_json::json!({
@@ -86,4 +91,20 @@ pub fn list(sandboxes: &Sandboxes, filter: Option<&PodSandboxFilter>) -> Vec<Pod
             runtime_handler: st.runtime_handler,
         })
         .collect()
+}
+
+pub fn event(ev: &LifecycleEvent) -> ContainerEventResponse {
+    let kind = match ev.kind {
+        EventKind::Created => ContainerEventType::ContainerCreatedEvent,
+        EventKind::Started => ContainerEventType::ContainerStartedEvent,
+        EventKind::Stopped => ContainerEventType::ContainerStoppedEvent,
+        EventKind::Deleted => ContainerEventType::ContainerDeletedEvent,
+    };
+    ContainerEventResponse {
+        container_id: ev.id.clone(),
+        container_event_type: kind as i32,
+        created_at: ev.at,
+        pod_sandbox_status: Some(sandbox_status(&ev.sandbox)),
+        containers_statuses: Vec::new(),
+    }
 }

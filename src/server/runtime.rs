@@ -215,7 +215,23 @@ impl RuntimeService for RuntimeApi {
     type GetContainerEventsStream = BoxStream<'static, Result<ContainerEventResponse, Status>>;
 
     async fn get_container_events(&self, _req: Request<GetEventsRequest>) -> Reply<Self::GetContainerEventsStream> {
-        Err(not_built("GetContainerEvents"))
+        use tokio::sync::broadcast::error::RecvError;
+        let events = self.sandboxes.subscribe();
+        let stream = futures::stream::unfold(Some(events), |events| async move {
+            let mut events = events?;
+            match events.recv().await {
+                Ok(ev) => Some((Ok(pod::event(&ev)), Some(events))),
+                Err(RecvError::Closed) => None,
+                // Say so and end: a subscriber that missed events must relist.
+                Err(RecvError::Lagged(n)) => Some((
+                    Err(Status::data_loss(format!(
+                        "{n} events were dropped because this subscriber fell behind; list again and resubscribe"
+                    ))),
+                    None,
+                )),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
     async fn list_metric_descriptors(
         &self,
