@@ -22,6 +22,7 @@ use super::store::{ImageRecord, Store};
 use super::unpack::{self, Compression, UnpackError};
 use super::ImageError;
 use crate::config::{parse_endpoint, Config};
+use crate::metrics::PullMetrics;
 use crate::state::remove_path;
 
 const MANIFEST_TYPES: &[&str] = &[
@@ -113,6 +114,7 @@ fn classify(e: OciDistributionError) -> Failure {
 pub struct Puller {
     config: Arc<Config>,
     store: Arc<Store>,
+    metrics: PullMetrics,
 }
 
 /// What the manifest step found.
@@ -125,8 +127,8 @@ struct Resolved {
 }
 
 impl Puller {
-    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Puller {
-        Puller { config, store }
+    pub fn new(config: Arc<Config>, store: Arc<Store>, metrics: PullMetrics) -> Puller {
+        Puller { config, store, metrics }
     }
 
     /// Pulls `name` and returns the image ID.
@@ -374,6 +376,7 @@ impl Puller {
         let committed = self.store.commit_layer(diff_id, &desc.digest, tmp, stats.bytes, stats.inodes).await;
         committed.map_err(|e| fail(FailureKind::Unreachable, format!("image store: {e}")))?;
         dest.keep();
+        self.metrics.downloaded(desc.size.max(0) as u64);
         Ok(())
     }
 }
