@@ -59,7 +59,13 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     let cni = Arc::new(Cni::with_metrics(&config.cni, Duration::from_secs(config.cni.timeout_secs), metrics.cni()));
     let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups, cni).await?);
     let listener = bind(&config.socket)?;
-    let _metrics_server = serve_metrics(&config, &metrics, &images, &sandboxes).await?;
+    let _metrics_server = match serve_metrics(&config, &metrics, &images, &sandboxes).await {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e);
+        }
+    };
 
     let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes))
         .max_decoding_message_size(MAX_MESSAGE)
