@@ -37,6 +37,7 @@ pub struct Config {
     pub pull: PullConfig,
     pub images: ImagesConfig,
     pub cni: CniConfig,
+    pub metrics: MetricsConfig,
     pub runtimes: BTreeMap<String, RuntimeHandler>,
 }
 
@@ -121,6 +122,13 @@ pub struct CniConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` serving Prometheus `GET /metrics`; empty turns it off.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeHandler {
     #[serde(rename = "type")]
@@ -150,6 +158,7 @@ impl Default for Config {
             pull: PullConfig::default(),
             images: ImagesConfig::default(),
             cni: CniConfig::default(),
+            metrics: MetricsConfig::default(),
             runtimes: BTreeMap::from([(
                 "default".to_string(),
                 RuntimeHandler { kind: HandlerKind::Linux, path: None },
@@ -189,6 +198,19 @@ impl Default for CniConfig {
             bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             timeout_secs: 60,
         }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { address: "127.0.0.1:9537".into() }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, or None when metrics are off.
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        self.address.parse().ok()
     }
 }
 
@@ -286,6 +308,15 @@ impl Config {
         }
         if self.pull.progress_timeout_secs == 0 || self.pull.connect_timeout_secs == 0 {
             return invalid("pull", "progress_timeout_secs and connect_timeout_secs must be at least 1".into());
+        }
+        if !self.metrics.address.is_empty() && self.metrics.socket_addr().is_none() {
+            return invalid(
+                "metrics.address",
+                format!(
+                    "{:?} is not a socket address (\"127.0.0.1:9537\", \"[::1]:9537\"), or \"\" for off",
+                    self.metrics.address
+                ),
+            );
         }
         for (name, handler) in &self.runtimes {
             let key = format!("runtimes.{name}");
@@ -417,6 +448,8 @@ mod tests {
             ("[runtimes.wasm]\ntype = \"wasm\"\npath = \"/x\"\n", "runtimes.wasm.path"),
             ("[log]\nlevel = \"loud=[\"\n", "log.level"),
             ("[pull]\nmax_concurrent_layers = -1\n", "max_concurrent_layers"),
+            ("[metrics]\naddress = \"localhost:9537\"\n", "metrics.address"),
+            ("[metrics]\naddress = \"127.0.0.1\"\n", "metrics.address"),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = load(&f, &d.join("none")).unwrap_err().to_string();
@@ -424,6 +457,18 @@ mod tests {
         }
         let missing = load(&d.join("missing.toml"), &d).unwrap_err().to_string();
         assert!(missing.contains("missing.toml"), "{missing}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn metrics_address() {
+        let d = tmpdir();
+        let f = d.join("m.toml");
+        std::fs::write(&f, "[metrics]\naddress = \"\"\n").unwrap();
+        assert_eq!(load(&f, &d.join("none")).unwrap().metrics.socket_addr(), None);
+        std::fs::write(&f, "[metrics]\naddress = \"[::1]:9100\"\n").unwrap();
+        assert_eq!(load(&f, &d.join("none")).unwrap().metrics.socket_addr(), Some("[::1]:9100".parse().unwrap()));
+        assert_eq!(Config::default().metrics.socket_addr(), Some("127.0.0.1:9537".parse().unwrap()));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

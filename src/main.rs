@@ -4,6 +4,7 @@ mod cgroup;
 mod config;
 mod ids;
 mod image;
+mod metrics;
 mod network;
 mod sandbox;
 mod server;

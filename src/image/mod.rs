@@ -15,6 +15,7 @@ use reference::ImageName;
 use store::{ImageRecord, Store};
 
 use crate::config::Config;
+use crate::metrics::PullMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -45,13 +46,20 @@ pub struct Images {
     config: Arc<Config>,
     store: Arc<Store>,
     puller: Arc<pull::Puller>,
+    metrics: PullMetrics,
 }
 
 impl Images {
+    #[allow(dead_code)] // for callers without metrics
     pub fn open(config: Arc<Config>) -> Result<Images, ImageError> {
+        Images::open_with_metrics(config, PullMetrics::default())
+    }
+
+    /// As [`Images::open`], reporting pulls (count, duration, downloaded bytes) to `metrics`.
+    pub fn open_with_metrics(config: Arc<Config>, metrics: PullMetrics) -> Result<Images, ImageError> {
         let store = Arc::new(Store::open(&config.root.join("images"))?);
-        let puller = Arc::new(pull::Puller::new(config.clone(), store.clone()));
-        Ok(Images { config, store, puller })
+        let puller = Arc::new(pull::Puller::new(config.clone(), store.clone(), metrics.clone()));
+        Ok(Images { config, store, puller, metrics })
     }
 
     pub fn parse(&self, reference: &str) -> Result<ImageName, ImageError> {
@@ -61,6 +69,13 @@ impl Images {
     /// Pulls in a task of its own: a caller that gives up (kubelet's deadline)
     /// doesn't waste the download; the next pull finds the layers done.
     pub async fn pull(&self, reference: &str, creds: Option<auth::Credentials>) -> Result<String, ImageError> {
+        let started = std::time::Instant::now();
+        let result = self.pull_inner(reference, creds).await;
+        self.metrics.finished(result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn pull_inner(&self, reference: &str, creds: Option<auth::Credentials>) -> Result<String, ImageError> {
         let name = self.parse(reference)?;
         let puller = self.puller.clone();
         let task_name = name.clone();

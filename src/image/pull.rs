@@ -22,6 +22,7 @@ use super::store::{ImageRecord, Store};
 use super::unpack::{self, Compression, UnpackError};
 use super::ImageError;
 use crate::config::{parse_endpoint, Config};
+use crate::metrics::PullMetrics;
 use crate::state::remove_path;
 
 const MANIFEST_TYPES: &[&str] = &[
@@ -113,6 +114,7 @@ fn classify(e: OciDistributionError) -> Failure {
 pub struct Puller {
     config: Arc<Config>,
     store: Arc<Store>,
+    metrics: PullMetrics,
 }
 
 /// What the manifest step found.
@@ -125,8 +127,8 @@ struct Resolved {
 }
 
 impl Puller {
-    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Puller {
-        Puller { config, store }
+    pub fn new(config: Arc<Config>, store: Arc<Store>, metrics: PullMetrics) -> Puller {
+        Puller { config, store, metrics }
     }
 
     /// Pulls `name` and returns the image ID.
@@ -246,7 +248,7 @@ impl Puller {
         let mut documents = vec![(digest.clone(), raw.to_vec())];
         let doc = parse_manifest(&raw)?;
         let manifest = match doc {
-            Document::Manifest(m) => m,
+            Document::Manifest(m) => *m,
             Document::Index(index) => {
                 let chosen = choose_platform(&index)?;
                 let (raw, d) = client
@@ -256,7 +258,7 @@ impl Puller {
                 check_digest(&raw, &chosen)?;
                 documents.push((d, raw.to_vec()));
                 match parse_manifest(&raw)? {
-                    Document::Manifest(m) => m,
+                    Document::Manifest(m) => *m,
                     Document::Index(_) => {
                         return Err(fail(FailureKind::Unsupported, "an image index nested in an image index"))
                     }
@@ -374,6 +376,7 @@ impl Puller {
         let committed = self.store.commit_layer(diff_id, &desc.digest, tmp, stats.bytes, stats.inodes).await;
         committed.map_err(|e| fail(FailureKind::Unreachable, format!("image store: {e}")))?;
         dest.keep();
+        self.metrics.downloaded(desc.size.max(0) as u64);
         Ok(())
     }
 }
@@ -434,7 +437,7 @@ impl<R: std::io::Read> std::io::Read for Cancellable<R> {
 
 enum Document {
     Index(OciImageIndex),
-    Manifest(OciImageManifest),
+    Manifest(Box<OciImageManifest>),
 }
 
 fn parse_manifest(raw: &[u8]) -> Result<Document, Failure> {
@@ -449,7 +452,7 @@ fn parse_manifest(raw: &[u8]) -> Result<Document, Failure> {
     if is_index {
         serde_json::from_value(value).map(Document::Index).map_err(bad)
     } else {
-        serde_json::from_value(value).map(Document::Manifest).map_err(bad)
+        serde_json::from_value(value).map(|m| Document::Manifest(Box::new(m))).map_err(bad)
     }
 }
 

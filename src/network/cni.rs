@@ -12,6 +12,7 @@ use super::conf::{self, NetworkList, Stamp};
 use super::result::{self, NetworkResult};
 use super::{NetworkError, PluginFailure, PodNetwork};
 use crate::config::CniConfig;
+use crate::metrics::CniMetrics;
 
 /// Cheap to clone; clones share the config cache.
 #[derive(Debug, Clone)]
@@ -22,6 +23,7 @@ struct Inner {
     cfg: CniConfig,
     timeout: Duration,
     cache: Mutex<Option<(Stamp, Arc<NetworkList>)>>,
+    metrics: CniMetrics,
 }
 
 /// Stderr kept in errors; plugins can be chatty.
@@ -29,8 +31,14 @@ const STDERR_LIMIT: usize = 4096;
 
 impl Cni {
     /// `timeout` bounds each plugin run.
+    #[allow(dead_code)] // for callers without metrics (tests)
     pub fn new(cfg: &CniConfig, timeout: Duration) -> Cni {
-        Cni(Arc::new(Inner { cfg: cfg.clone(), timeout, cache: Mutex::new(None) }))
+        Cni::with_metrics(cfg, timeout, CniMetrics::default())
+    }
+
+    /// As [`Cni::new`], timing every plugin run (and counting failures) in `metrics`.
+    pub fn with_metrics(cfg: &CniConfig, timeout: Duration, metrics: CniMetrics) -> Cni {
+        Cni(Arc::new(Inner { cfg: cfg.clone(), timeout, cache: Mutex::new(None), metrics }))
     }
 
     /// The config list in use: the first valid one by file name, re-read when the dir changed.
@@ -117,8 +125,25 @@ impl Cni {
         Ok(())
     }
 
-    /// One plugin run: config on stdin, result (or error object) on stdout.
+    /// One plugin run, timed (and counted when it fails) by command and plugin type.
     async fn run(
+        &self,
+        command: &'static str,
+        net: &NetworkList,
+        plugin: &Value,
+        pod: &PodNetwork<'_>,
+        netns: &str,
+        prev: Option<&Value>,
+    ) -> Result<Vec<u8>, NetworkError> {
+        let started = Instant::now();
+        let result = self.run_plugin(command, net, plugin, pod, netns, prev).await;
+        let kind = conf::plugin_type(plugin).unwrap_or("unknown");
+        self.0.metrics.plugin_ran(command, kind, started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// One plugin run: config on stdin, result (or error object) on stdout.
+    async fn run_plugin(
         &self,
         command: &'static str,
         net: &NetworkList,

@@ -1,4 +1,4 @@
-//! The gRPC server: CRI services on the unix socket, nothing else.
+//! The gRPC server: CRI services on the unix socket, and the Prometheus endpoint beside it.
 
 mod error;
 mod image;
@@ -19,6 +19,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::cgroup;
 use crate::config::Config;
 use crate::image::Images;
+use crate::metrics::{self, Metrics};
 use crate::network::Cni;
 use crate::sandbox::Sandboxes;
 
@@ -37,6 +38,8 @@ pub enum ServeError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Sandboxes(#[from] crate::sandbox::SandboxError),
+    #[error("metrics endpoint {address}: {source}")]
+    Metrics { address: String, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -50,11 +53,19 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     for dir in [&config.root, &config.run] {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let images = Arc::new(Images::open(config.clone())?);
+    let metrics = Metrics::new();
+    let images = Arc::new(Images::open_with_metrics(config.clone(), metrics.pull())?);
     let cgroups = Arc::new(cgroup::Manager::new(config.cgroup.driver, Path::new("/sys/fs/cgroup"))?);
-    let cni = Arc::new(Cni::new(&config.cni, Duration::from_secs(config.cni.timeout_secs)));
+    let cni = Arc::new(Cni::with_metrics(&config.cni, Duration::from_secs(config.cni.timeout_secs), metrics.cni()));
     let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups, cni).await?);
     let listener = bind(&config.socket)?;
+    let _metrics_server = match serve_metrics(&config, &metrics, &images, &sandboxes).await {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e);
+        }
+    };
 
     let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes))
         .max_decoding_message_size(MAX_MESSAGE)
@@ -70,6 +81,7 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
         let _ = stopping_tx.send(());
     };
     let server = tonic::transport::Server::builder()
+        .layer(metrics::layer::GrpcMetricsLayer::new(metrics.clone()))
         .add_service(runtime)
         .add_service(image)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signalled);
@@ -90,6 +102,29 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("cricket stopped");
     result.map_err(ServeError::from)
+}
+
+/// Starts the `/metrics` endpoint unless `metrics.address` is empty; it stops when
+/// the returned server is dropped (when `serve` returns).
+async fn serve_metrics(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    images: &Arc<Images>,
+    sandboxes: &Arc<Sandboxes>,
+) -> Result<Option<metrics::http::MetricsServer>, ServeError> {
+    let Some(addr) = config.metrics.socket_addr() else { return Ok(None) };
+    let (images, sandboxes) = (images.clone(), sandboxes.clone());
+    metrics.on_scrape(move |m| {
+        let states = sandboxes.list();
+        let ready = states.iter().filter(|s| s.is_ready()).count();
+        m.set_sandboxes(ready, states.len() - ready);
+        m.set_images(images.list().len());
+    });
+    let server = metrics::http::MetricsServer::start(addr, metrics.clone())
+        .await
+        .map_err(|source| ServeError::Metrics { address: config.metrics.address.clone(), source })?;
+    tracing::info!(address = %server.local_addr(), "serving Prometheus metrics at /metrics");
+    Ok(Some(server))
 }
 
 /// Binds the socket with mode 0660, replacing a stale one but never a live one.

@@ -575,6 +575,10 @@ impl Daemon {
             toml.push_str(&insecure(host));
         }
         toml.push_str(extra_toml);
+        // Daemons run side by side: none takes the default metrics port unless a test asks.
+        if !extra_toml.contains("[metrics]") {
+            toml.push_str("[metrics]\naddress = \"\"\n");
+        }
         let config = d.join("cricket.toml");
         std::fs::write(&config, toml).unwrap();
         let mut daemon = Daemon {
