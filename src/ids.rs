@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn prefixes() {
-        let ids = vec!["abc1".to_string(), "abc2".to_string(), "ff".to_string()];
+        let ids = ["abc1".to_string(), "abc2".to_string(), "ff".to_string()];
         assert_eq!(resolve("ff", ids.iter()), Lookup::Found("ff".into()));
         assert_eq!(resolve("abc1", ids.iter()), Lookup::Found("abc1".into()));
         assert_eq!(resolve("abc", ids.iter()), Lookup::Ambiguous(2));

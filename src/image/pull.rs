@@ -246,7 +246,7 @@ impl Puller {
         let mut documents = vec![(digest.clone(), raw.to_vec())];
         let doc = parse_manifest(&raw)?;
         let manifest = match doc {
-            Document::Manifest(m) => m,
+            Document::Manifest(m) => *m,
             Document::Index(index) => {
                 let chosen = choose_platform(&index)?;
                 let (raw, d) = client
@@ -256,7 +256,7 @@ impl Puller {
                 check_digest(&raw, &chosen)?;
                 documents.push((d, raw.to_vec()));
                 match parse_manifest(&raw)? {
-                    Document::Manifest(m) => m,
+                    Document::Manifest(m) => *m,
                     Document::Index(_) => {
                         return Err(fail(FailureKind::Unsupported, "an image index nested in an image index"))
                     }
@@ -434,7 +434,7 @@ impl<R: std::io::Read> std::io::Read for Cancellable<R> {
 
 enum Document {
     Index(OciImageIndex),
-    Manifest(OciImageManifest),
+    Manifest(Box<OciImageManifest>),
 }
 
 fn parse_manifest(raw: &[u8]) -> Result<Document, Failure> {
@@ -449,7 +449,7 @@ fn parse_manifest(raw: &[u8]) -> Result<Document, Failure> {
     if is_index {
         serde_json::from_value(value).map(Document::Index).map_err(bad)
     } else {
-        serde_json::from_value(value).map(Document::Manifest).map_err(bad)
+        serde_json::from_value(value).map(|m| Document::Manifest(Box::new(m))).map_err(bad)
     }
 }
 
