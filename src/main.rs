@@ -1,6 +1,7 @@
 //! cricket: a Kubernetes container runtime speaking CRI over a unix socket.
 
 mod cgroup;
+mod check;
 mod config;
 mod ids;
 mod image;
@@ -37,6 +38,8 @@ enum Command {
     Serve,
     /// Print the effective configuration as TOML.
     Config,
+    /// Check the host for what cricket needs; exits 1 when something is missing.
+    Check,
     /// Print version information.
     Version,
     /// Internal: create, configure and pin a pod's namespaces.
@@ -52,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::PinNamespaces(args) => return helper_exit(sandbox::namespaces::pin_main(args)),
-        Command::Serve | Command::Config => {}
+        Command::Serve | Command::Config | Command::Check => {}
     }
     let file = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
     let sources = Sources { file: &file, file_required: cli.config.is_some(), dir: &cli.config_dir };
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
+        Command::Check => check::main(&config),
         Command::Version | Command::PinNamespaces(_) => unreachable!("handled above"),
     }
 }
