@@ -746,7 +746,8 @@ async fn events_follow_the_pod_lifecycle() {
             seen.push(ev);
         }
         let kinds: Vec<i32> = seen.iter().map(|e| e.container_event_type).collect();
-        let want = [E::ContainerCreatedEvent, E::ContainerStartedEvent, E::ContainerStoppedEvent, E::ContainerDeletedEvent];
+        let want =
+            [E::ContainerCreatedEvent, E::ContainerStartedEvent, E::ContainerStoppedEvent, E::ContainerDeletedEvent];
         assert_eq!(kinds, want.map(|k| k as i32), "{seen:?}");
         let states: Vec<i32> = seen.iter().map(|e| e.pod_sandbox_status.as_ref().expect("pod status").state).collect();
         assert_eq!(states, [READY, READY, NOTREADY, NOTREADY]);
