@@ -282,14 +282,18 @@ impl Store {
 
     /// Bytes and inodes held by snapshots and blobs, as recorded when written.
     pub fn usage(&self) -> (u64, u64) {
-        let idx = self.index.lock().unwrap();
-        let (mut bytes, mut inodes) = idx.layers.values().fold((0, 0), |(b, i), l| (b + l.bytes, i + l.inodes + 1));
-        for img in idx.images.values() {
-            for blob in img.manifests.iter().chain([&img.id]) {
-                if let Ok(m) = std::fs::symlink_metadata(self.blob_path(blob)) {
-                    bytes += m.len();
-                    inodes += 1;
-                }
+        let (mut bytes, mut inodes, blobs) = {
+            let idx = self.index.lock().unwrap();
+            let (b, i) = idx.layers.values().fold((0, 0), |(b, i), l| (b + l.bytes, i + l.inodes + 1));
+            let blobs: HashSet<String> =
+                idx.images.values().flat_map(|img| img.manifests.iter().chain([&img.id])).cloned().collect();
+            (b, i, blobs)
+        };
+        // Stat outside the lock: the index lock never covers I/O.
+        for blob in blobs {
+            if let Ok(m) = std::fs::symlink_metadata(self.blob_path(&blob)) {
+                bytes += m.len();
+                inodes += 1;
             }
         }
         (bytes, inodes)
