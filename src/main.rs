@@ -8,6 +8,7 @@ mod image;
 mod metrics;
 mod monitor;
 mod network;
+mod oci;
 mod runtime;
 mod sandbox;
 mod server;
