@@ -1,6 +1,7 @@
 //! Facts about the host that shape every spec; detected once by the daemon.
 
 use std::fs;
+use std::path::Path;
 use std::str::FromStr;
 
 use oci_spec::runtime::{Capabilities, Capability};
@@ -36,12 +37,12 @@ impl HostInfo {
             .map_err(|e| SpecError::io("/proc/self/status CapBnd", std::io::Error::other(e)))?;
         let release = read("/proc/sys/kernel/osrelease")?;
         let swap = if cgroup_v2 {
-            std::path::Path::new("/sys/fs/cgroup/memory.swap.max").exists()
-                || fs::read_dir("/sys/fs/cgroup")
-                    .map(|d| d.flatten().any(|e| e.path().join("memory.swap.max").exists()))
-                    .unwrap_or(false)
+            // The root cgroup has no memory.swap.max; the daemon's own cgroup does when swap is accounted.
+            let own = read("/proc/self/cgroup")?;
+            let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/");
+            Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')).join("memory.swap.max").exists()
         } else {
-            std::path::Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+            Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
         };
         Ok(HostInfo {
             bounding_caps: caps_from_mask(mask),

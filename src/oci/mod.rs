@@ -67,7 +67,6 @@ pub struct PodFiles {
 }
 
 pub struct SpecInput<'a> {
-    pub container_id: &'a str,
     pub sandbox_id: &'a str,
     pub config: &'a ContainerConfig,
     pub sandbox: &'a PodSandboxConfig,
@@ -99,6 +98,8 @@ pub struct Built {
 pub enum SpecError {
     #[error("no command: neither the container config nor the image give one")]
     NoCommand,
+    #[error("working directory {0:?} is not absolute")]
+    WorkingDir(String),
     #[error("user {user:?}: {reason}")]
     User { user: String, reason: String },
     #[error("capability {0:?} is unknown")]

@@ -24,7 +24,7 @@ pub fn build(
         .set_user(user)
         .set_args(Some(args(input.config, input.image)?))
         .set_env(Some(env(input.config, input.image, hostname)))
-        .set_cwd(cwd(input.config, input.image))
+        .set_cwd(cwd(input.config, input.image)?)
         .set_no_new_privileges(Some(sc.no_new_privs))
         .set_rlimits(None)
         .set_capabilities(None)
@@ -67,11 +67,15 @@ pub fn env(config: &ContainerConfig, image: &ImageConfiguration, hostname: &str)
     out
 }
 
-pub fn cwd(config: &ContainerConfig, image: &ImageConfiguration) -> PathBuf {
+pub fn cwd(config: &ContainerConfig, image: &ImageConfiguration) -> Result<PathBuf, SpecError> {
     let image_dir = image.config().as_ref().and_then(|c| c.working_dir().clone()).filter(|d| !d.is_empty());
-    match (config.working_dir.as_str(), image_dir) {
+    let dir = match (config.working_dir.as_str(), image_dir) {
         ("", Some(dir)) => PathBuf::from(dir),
         ("", None) => PathBuf::from("/"),
         (dir, _) => PathBuf::from(dir),
+    };
+    if !dir.is_absolute() {
+        return Err(SpecError::WorkingDir(dir.display().to_string()));
     }
+    Ok(dir)
 }

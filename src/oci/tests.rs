@@ -116,7 +116,6 @@ impl Fixture {
         let rootfs = self.rootfs();
         let volumes = self.dir.path().join("volumes");
         build(&SpecInput {
-            container_id: "c1",
             sandbox_id: "p1",
             config: &self.config,
             sandbox: &self.sandbox,
@@ -215,6 +214,8 @@ fn cwd_terminal_and_root() {
     f.config.working_dir.clear();
     f.image = image(serde_json::json!({"Cmd": ["sh"]}));
     assert_eq!(spec(&f).process().as_ref().unwrap().cwd(), Path::new("/"));
+    f.config.working_dir = "srv".to_string();
+    assert!(matches!(f.build(), Err(SpecError::WorkingDir(_))));
 }
 
 fn identity(f: &Fixture) -> Result<Identity, SpecError> {
