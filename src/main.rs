@@ -3,6 +3,7 @@
 mod cgroup;
 mod check;
 mod config;
+mod container;
 mod ids;
 mod image;
 mod metrics;

@@ -157,6 +157,36 @@ impl Images {
         Ok(())
     }
 
+    /// Holds the image's layers for a container: their snapshot dirs, base
+    /// first, which stay on disk (even if the image is removed) until the lease drops.
+    pub fn checkout(&self, record: &ImageRecord) -> Result<(store::Lease, Vec<PathBuf>), ImageError> {
+        let lease = self.store.lease(&record.layers);
+        let dirs = record
+            .layers
+            .iter()
+            .map(|diff_id| {
+                let layer = self.store.layer(diff_id).ok_or_else(|| {
+                    std::io::Error::other(format!("layer {diff_id} of image {} is missing from the store", record.id))
+                })?;
+                Ok(self.store.snapshot_path(layer.snapshot))
+            })
+            .collect::<Result<Vec<_>, ImageError>>()?;
+        Ok((lease, dirs))
+    }
+
+    /// Re-takes the lease a container held before a daemon restart.
+    pub fn lease(&self, diff_ids: &[String]) -> store::Lease {
+        self.store.lease(diff_ids)
+    }
+
+    /// The image's config document (entrypoint, env, user, stop signal, volumes).
+    pub fn image_config(&self, record: &ImageRecord) -> Result<oci_spec::image::ImageConfiguration, ImageError> {
+        let blob = self.store.read_blob(&record.id)?;
+        serde_json::from_slice(&blob).map_err(|e| {
+            ImageError::Store(std::io::Error::other(format!("config {} of the image is malformed: {e}", record.id)))
+        })
+    }
+
     /// Mount point of the image filesystem and the bytes and inodes it uses.
     pub fn usage(&self) -> (PathBuf, u64, u64) {
         let (bytes, inodes) = self.store.usage();

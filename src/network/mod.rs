@@ -5,6 +5,7 @@ mod cni;
 mod conf;
 mod pod;
 mod result;
+mod stats;
 
 #[cfg(test)]
 mod bridge_test;
@@ -18,6 +19,7 @@ pub use cni::Cni;
 pub use conf::NetworkList;
 pub use pod::{Bandwidth, Dns, PodNetwork, PortMapping};
 pub use result::NetworkResult;
+pub use stats::{interface_stats, InterfaceStats};
 
 use crate::config::CniConfig;
 

@@ -3,7 +3,6 @@
 //! following the containerd CRI plugin's semantics. `build` is pure apart
 //! from reading the rootfs' /etc/passwd and /etc/group, stat'ing devices and
 //! mount sources, and creating missing bind sources and volume directories.
-#![allow(dead_code)] // CreateContainer calls it, which lands with the container module
 
 mod annotations;
 mod caps;

@@ -2,6 +2,7 @@
 
 use tonic::Status;
 
+use crate::container::ContainerError;
 use crate::image::{FailureKind, ImageError};
 use crate::sandbox::SandboxError;
 
@@ -36,6 +37,31 @@ impl From<SandboxError> for Status {
             SandboxError::Cgroup(_) => Status::failed_precondition(message),
             SandboxError::Network(_) => Status::unavailable(message),
             SandboxError::Namespaces(_) | SandboxError::Io { .. } => Status::internal(message),
+        }
+    }
+}
+
+impl From<ContainerError> for Status {
+    fn from(e: ContainerError) -> Status {
+        let message = e.to_string();
+        match e {
+            ContainerError::Sandbox(e) => e.into(),
+            ContainerError::Image(e) => e.into(),
+            ContainerError::Invalid(_) | ContainerError::Ambiguous(..) => Status::invalid_argument(message),
+            ContainerError::Spec(e) if e.is_invalid_argument() => Status::invalid_argument(message),
+            ContainerError::NameInUse { .. } => Status::already_exists(message),
+            ContainerError::NotFound(_) | ContainerError::ImageNotFound(_) => Status::not_found(message),
+            ContainerError::SandboxNotReady(_) | ContainerError::WrongState { .. } | ContainerError::Cgroup(_) => {
+                Status::failed_precondition(message)
+            }
+            ContainerError::ExecTimeout { .. } => Status::deadline_exceeded(message),
+            ContainerError::Start { .. } => Status::failed_precondition(message),
+            ContainerError::Spec(_)
+            | ContainerError::Rootfs(_)
+            | ContainerError::Create(_)
+            | ContainerError::Monitor { .. }
+            | ContainerError::Exec { .. }
+            | ContainerError::Io { .. } => Status::internal(message),
         }
     }
 }

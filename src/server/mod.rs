@@ -1,5 +1,6 @@
 //! The gRPC server: CRI services on the unix socket, and the Prometheus endpoint beside it.
 
+mod container;
 mod error;
 mod image;
 mod pod;
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::cgroup;
 use crate::config::Config;
+use crate::container::Containers;
 use crate::image::Images;
 use crate::metrics::{self, Metrics};
 use crate::network::Cni;
@@ -38,6 +40,8 @@ pub enum ServeError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Sandboxes(#[from] crate::sandbox::SandboxError),
+    #[error(transparent)]
+    Containers(#[from] crate::container::ContainerError),
     #[error("metrics endpoint {address}: {source}")]
     Metrics { address: String, source: std::io::Error },
     #[error("gRPC server: {0}")]
@@ -57,7 +61,8 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     let images = Arc::new(Images::open_with_metrics(config.clone(), metrics.pull())?);
     let cgroups = Arc::new(cgroup::Manager::new(config.cgroup.driver, Path::new("/sys/fs/cgroup"))?);
     let cni = Arc::new(Cni::with_metrics(&config.cni, Duration::from_secs(config.cni.timeout_secs), metrics.cni()));
-    let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups, cni).await?);
+    let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups.clone(), cni).await?);
+    let containers = Containers::open(config.clone(), images.clone(), sandboxes.clone(), cgroups).await?;
     let listener = bind(&config.socket)?;
     let _metrics_server = match serve_metrics(&config, &metrics, &images, &sandboxes).await {
         Ok(server) => server,
@@ -67,7 +72,7 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
         }
     };
 
-    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes))
+    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes, containers))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(image::ImageApi::new(images))

@@ -1,5 +1,4 @@
-//! CRI RuntimeService. Container RPCs answer UNIMPLEMENTED until the
-//! container module exists.
+//! CRI RuntimeService: pod and container RPCs, stats and events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,19 +8,21 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::pod;
+use super::{container, pod};
 use crate::config::{CgroupDriver as Driver, Config};
+use crate::container::Containers;
 use crate::network;
 use crate::sandbox::Sandboxes;
 
 pub struct RuntimeApi {
     config: Arc<Config>,
     sandboxes: Arc<Sandboxes>,
+    containers: Arc<Containers>,
 }
 
 impl RuntimeApi {
-    pub fn new(config: Arc<Config>, sandboxes: Arc<Sandboxes>) -> RuntimeApi {
-        RuntimeApi { config, sandboxes }
+    pub fn new(config: Arc<Config>, sandboxes: Arc<Sandboxes>, containers: Arc<Containers>) -> RuntimeApi {
+        RuntimeApi { config, sandboxes, containers }
     }
 
     fn runtime_condition(&self) -> RuntimeCondition {
@@ -130,53 +131,72 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
     }
     async fn stop_pod_sandbox(&self, req: Request<StopPodSandboxRequest>) -> Reply<StopPodSandboxResponse> {
-        self.sandboxes.stop(&req.get_ref().pod_sandbox_id).await?;
+        self.containers.stop_pod(&req.get_ref().pod_sandbox_id).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
     async fn remove_pod_sandbox(&self, req: Request<RemovePodSandboxRequest>) -> Reply<RemovePodSandboxResponse> {
-        self.sandboxes.remove(&req.get_ref().pod_sandbox_id).await?;
+        self.containers.remove_pod(&req.get_ref().pod_sandbox_id).await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
     async fn pod_sandbox_status(&self, req: Request<PodSandboxStatusRequest>) -> Reply<PodSandboxStatusResponse> {
         let req = req.get_ref();
-        Ok(Response::new(pod::status(&self.sandboxes, &req.pod_sandbox_id, req.verbose)?))
+        let mut reply = pod::status(&self.sandboxes, &req.pod_sandbox_id, req.verbose)?;
+        if let Some(status) = &reply.status {
+            let states = self.containers.in_sandbox(&status.id);
+            reply.containers_statuses = states.iter().map(container::status).collect();
+        }
+        Ok(Response::new(reply))
     }
     async fn list_pod_sandbox(&self, req: Request<ListPodSandboxRequest>) -> Reply<ListPodSandboxResponse> {
         let items = pod::list(&self.sandboxes, req.get_ref().filter.as_ref());
         Ok(Response::new(ListPodSandboxResponse { items }))
     }
-    async fn create_container(&self, _req: Request<CreateContainerRequest>) -> Reply<CreateContainerResponse> {
-        Err(not_built("CreateContainer"))
+    async fn create_container(&self, req: Request<CreateContainerRequest>) -> Reply<CreateContainerResponse> {
+        let req = req.into_inner();
+        let config = req.config.ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let container_id = self.containers.create(&req.pod_sandbox_id, config).await?;
+        Ok(Response::new(CreateContainerResponse { container_id }))
     }
-    async fn start_container(&self, _req: Request<StartContainerRequest>) -> Reply<StartContainerResponse> {
-        Err(not_built("StartContainer"))
+    async fn start_container(&self, req: Request<StartContainerRequest>) -> Reply<StartContainerResponse> {
+        self.containers.start(&req.get_ref().container_id).await?;
+        Ok(Response::new(StartContainerResponse {}))
     }
-    async fn stop_container(&self, _req: Request<StopContainerRequest>) -> Reply<StopContainerResponse> {
-        Err(not_built("StopContainer"))
+    async fn stop_container(&self, req: Request<StopContainerRequest>) -> Reply<StopContainerResponse> {
+        let req = req.get_ref();
+        self.containers.stop(&req.container_id, req.timeout).await?;
+        Ok(Response::new(StopContainerResponse {}))
     }
-    async fn remove_container(&self, _req: Request<RemoveContainerRequest>) -> Reply<RemoveContainerResponse> {
-        Err(not_built("RemoveContainer"))
+    async fn remove_container(&self, req: Request<RemoveContainerRequest>) -> Reply<RemoveContainerResponse> {
+        self.containers.remove(&req.get_ref().container_id).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
     }
-    async fn list_containers(&self, _req: Request<ListContainersRequest>) -> Reply<ListContainersResponse> {
-        Err(not_built("ListContainers"))
+    async fn list_containers(&self, req: Request<ListContainersRequest>) -> Reply<ListContainersResponse> {
+        let containers = container::list(&self.containers, req.get_ref().filter.as_ref());
+        Ok(Response::new(ListContainersResponse { containers }))
     }
-    async fn container_status(&self, _req: Request<ContainerStatusRequest>) -> Reply<ContainerStatusResponse> {
-        Err(not_built("ContainerStatus"))
+    async fn container_status(&self, req: Request<ContainerStatusRequest>) -> Reply<ContainerStatusResponse> {
+        let req = req.get_ref();
+        let st = self.containers.get(&req.container_id)?.snapshot();
+        let info = if req.verbose { container::info(&st) } else { HashMap::new() };
+        Ok(Response::new(ContainerStatusResponse { status: Some(container::status(&st)), info }))
     }
     async fn update_container_resources(
         &self,
-        _req: Request<UpdateContainerResourcesRequest>,
+        req: Request<UpdateContainerResourcesRequest>,
     ) -> Reply<UpdateContainerResourcesResponse> {
-        Err(not_built("UpdateContainerResources"))
+        let req = req.into_inner();
+        let linux = req.linux.ok_or_else(|| Status::invalid_argument("linux resources are required"))?;
+        self.containers.update_resources(&req.container_id, linux).await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
-    async fn reopen_container_log(
-        &self,
-        _req: Request<ReopenContainerLogRequest>,
-    ) -> Reply<ReopenContainerLogResponse> {
-        Err(not_built("ReopenContainerLog"))
+    async fn reopen_container_log(&self, req: Request<ReopenContainerLogRequest>) -> Reply<ReopenContainerLogResponse> {
+        self.containers.reopen_log(&req.get_ref().container_id).await?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
     }
-    async fn exec_sync(&self, _req: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
-        Err(not_built("ExecSync"))
+    async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
+        let req = req.into_inner();
+        let out = self.containers.exec_sync(&req.container_id, req.cmd, req.timeout).await?;
+        Ok(Response::new(ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code }))
     }
     async fn exec(&self, _req: Request<ExecRequest>) -> Reply<ExecResponse> {
         Err(not_built("Exec"))
@@ -187,23 +207,40 @@ impl RuntimeService for RuntimeApi {
     async fn port_forward(&self, _req: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
         Err(not_built("PortForward"))
     }
-    async fn container_stats(&self, _req: Request<ContainerStatsRequest>) -> Reply<ContainerStatsResponse> {
-        Err(not_built("ContainerStats"))
+    async fn container_stats(&self, req: Request<ContainerStatsRequest>) -> Reply<ContainerStatsResponse> {
+        let (st, stats) = self.containers.stats(&req.get_ref().container_id).await?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(container::stats(&st, &stats)) }))
     }
-    async fn list_container_stats(
-        &self,
-        _req: Request<ListContainerStatsRequest>,
-    ) -> Reply<ListContainerStatsResponse> {
-        Err(not_built("ListContainerStats"))
+    async fn list_container_stats(&self, req: Request<ListContainerStatsRequest>) -> Reply<ListContainerStatsResponse> {
+        let filter = req.get_ref().filter.as_ref();
+        let all = self.containers.list_stats(|st| container::matches_stats_filter(st, filter)).await;
+        let stats = all.iter().map(|(st, s)| container::stats(st, s)).collect();
+        Ok(Response::new(ListContainerStatsResponse { stats }))
     }
-    async fn pod_sandbox_stats(&self, _req: Request<PodSandboxStatsRequest>) -> Reply<PodSandboxStatsResponse> {
-        Err(not_built("PodSandboxStats"))
+    async fn pod_sandbox_stats(&self, req: Request<PodSandboxStatsRequest>) -> Reply<PodSandboxStatsResponse> {
+        let (sb, stats) = self.containers.pod_stats(&req.get_ref().pod_sandbox_id).await?;
+        Ok(Response::new(PodSandboxStatsResponse { stats: Some(container::pod_stats(&sb, &stats)) }))
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> Reply<ListPodSandboxStatsResponse> {
-        Err(not_built("ListPodSandboxStats"))
+        let filter = req.get_ref().filter.as_ref();
+        let mut stats = Vec::new();
+        for sb in self.sandboxes.list() {
+            let keep = filter.is_none_or(|f| {
+                (f.id.is_empty() || sb.id.starts_with(&f.id))
+                    && f.label_selector.iter().all(|(k, v)| sb.config.labels.get(k) == Some(v))
+            });
+            if !keep {
+                continue;
+            }
+            match self.containers.pod_stats(&sb.id).await {
+                Ok((sb, s)) => stats.push(container::pod_stats(&sb, &s)),
+                Err(e) => tracing::debug!(sandbox = %sb.id, error = %e, "no stats for a pod removed meanwhile"),
+            }
+        }
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
     async fn checkpoint_container(
         &self,
@@ -215,23 +252,22 @@ impl RuntimeService for RuntimeApi {
     type GetContainerEventsStream = BoxStream<'static, Result<ContainerEventResponse, Status>>;
 
     async fn get_container_events(&self, _req: Request<GetEventsRequest>) -> Reply<Self::GetContainerEventsStream> {
-        use tokio::sync::broadcast::error::RecvError;
-        let events = self.sandboxes.subscribe();
-        let stream = futures::stream::unfold(Some(events), |events| async move {
-            let mut events = events?;
-            match events.recv().await {
-                Ok(ev) => Some((Ok(pod::event(&ev)), Some(events))),
-                Err(RecvError::Closed) => None,
-                // Say so and end: a subscriber that missed events must relist.
-                Err(RecvError::Lagged(n)) => Some((
-                    Err(Status::data_loss(format!(
-                        "{n} events were dropped because this subscriber fell behind; list again and resubscribe"
-                    ))),
-                    None,
-                )),
-            }
+        use futures::StreamExt;
+        let pods = events(self.sandboxes.subscribe(), |ev| pod::event(&ev));
+        let sandboxes = self.sandboxes.clone();
+        let containers = events(self.containers.subscribe(), move |ev| {
+            let pod = sandboxes.get(&ev.container.sandbox_id).ok().map(|s| pod::sandbox_status(&s.snapshot()));
+            container::event(&ev, pod)
         });
-        Ok(Response::new(Box::pin(stream)))
+        // One subscriber that fell behind gets the error, then the end of the stream.
+        let merged = futures::stream::select(pods, containers).scan(false, |failed, item| {
+            let out = (!*failed).then_some(item);
+            if let Some(Err(_)) = &out {
+                *failed = true;
+            }
+            futures::future::ready(out)
+        });
+        Ok(Response::new(Box::pin(merged)))
     }
     async fn list_metric_descriptors(
         &self,
@@ -245,4 +281,30 @@ impl RuntimeService for RuntimeApi {
     ) -> Reply<ListPodSandboxMetricsResponse> {
         Err(not_built("ListPodSandboxMetrics"))
     }
+}
+
+/// A broadcast subscription as a stream of CRI events; a lagging subscriber
+/// gets DATA_LOSS and the stream ends, since it must relist.
+fn events<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+    map: impl Fn(T) -> ContainerEventResponse + Send + Sync + 'static,
+) -> BoxStream<'static, Result<ContainerEventResponse, Status>> {
+    use tokio::sync::broadcast::error::RecvError;
+    let map = Arc::new(map);
+    Box::pin(futures::stream::unfold(Some(rx), move |rx| {
+        let map = map.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Ok(ev) => Some((Ok(map(ev)), Some(rx))),
+                Err(RecvError::Closed) => None,
+                Err(RecvError::Lagged(n)) => Some((
+                    Err(Status::data_loss(format!(
+                        "{n} events were dropped because this subscriber fell behind; list again and resubscribe"
+                    ))),
+                    None,
+                )),
+            }
+        }
+    }))
 }

@@ -450,11 +450,19 @@ pub struct Image {
     pub arch: String,
     /// Docker schema2 manifest and media types instead of OCI.
     pub docker: bool,
+    /// Extra keys of the config's `config` object (Entrypoint, StopSignal, Volumes…).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Image {
     pub fn new(layers: Vec<Layer>) -> Image {
-        Image { layers, user: String::new(), arch: host_arch().to_string(), docker: false }
+        Image { layers, user: String::new(), arch: host_arch().to_string(), docker: false, extra: Default::default() }
+    }
+
+    /// Sets `key` in the image config's `config` object.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Image {
+        self.extra.insert(key.to_string(), value);
+        self
     }
 
     pub fn user(mut self, user: &str) -> Image {
@@ -474,11 +482,13 @@ impl Image {
 
     pub fn config(&self) -> Vec<u8> {
         let diff_ids: Vec<&str> = self.layers.iter().map(|l| l.diff_id.as_str()).collect();
+        let mut inner = json!({"User": self.user, "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"});
+        inner.as_object_mut().unwrap().extend(self.extra.clone());
         let config = json!({
             "created": "2024-01-01T00:00:00Z",
             "architecture": self.arch,
             "os": "linux",
-            "config": {"User": self.user, "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+            "config": inner,
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
         serde_json::to_vec(&config).unwrap()

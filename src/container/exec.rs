@@ -1,0 +1,129 @@
+//! ExecSync: a command run in a container through the `cricket exec` helper,
+//! with its output captured and a deadline that kills it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::process::Proc;
+use super::*;
+use crate::sandbox::namespaces::self_exe;
+
+/// Output kept per stream; more is dropped (kubelet caps probe output far lower).
+const MAX_OUTPUT: usize = 16 << 20;
+/// After the command exits, how long to wait for its pipes to reach EOF: a
+/// background child that keeps them open must not hang the probe.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+type Buffer = Arc<Mutex<Vec<u8>>>;
+
+fn collect(mut from: impl AsyncRead + Unpin + Send + 'static, into: Buffer) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut chunk = vec![0u8; 16 << 10];
+        while let Ok(n) = from.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            let mut buf = into.lock().unwrap();
+            let room = MAX_OUTPUT.saturating_sub(buf.len());
+            buf.extend_from_slice(&chunk[..n.min(room)]);
+        }
+    })
+}
+
+impl Containers {
+    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout_secs: i64) -> Result<ExecOutput, ContainerError> {
+        let st = self.get(id)?.snapshot();
+        if st.phase != Phase::Running {
+            let (action, needed) = ("exec", "running");
+            return Err(ContainerError::WrongState { id: st.id, state: st.phase.name(), action, needed });
+        }
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("exec needs a command".into()));
+        }
+        let init = st.init.ok_or_else(|| ContainerError::Exec { id: st.id.clone(), reason: "no init".into() })?;
+        let bundle = self.state_dir(&st.id);
+        let process_file = self.run_dir(&st.id).join(format!("exec-{:016x}.json", rand::random::<u64>()));
+        write_process(&bundle, &process_file, cmd, false)?;
+        let result = run(&st.id, init, &bundle, &process_file, timeout_secs).await;
+        let _ = std::fs::remove_file(&process_file);
+        result
+    }
+}
+
+/// The exec's OCI process: the container's own (user, caps, env, cwd) with new args.
+pub(super) fn write_process(bundle: &Path, to: &Path, args: Vec<String>, tty: bool) -> Result<(), ContainerError> {
+    let spec_path = bundle.join("config.json");
+    let spec: oci_spec::runtime::Spec = state::read_json(&spec_path)
+        .map_err(io_err(&spec_path))?
+        .ok_or_else(|| ContainerError::Create(format!("{} is missing", spec_path.display())))?;
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(args));
+    process.set_terminal(Some(tty));
+    let data = serde_json::to_vec(&process).map_err(|e| ContainerError::Create(e.to_string()))?;
+    state::write_atomic(to, &data).map_err(io_err(to))
+}
+
+async fn run(
+    id: &str,
+    init: Proc,
+    bundle: &Path,
+    process_file: &Path,
+    timeout_secs: i64,
+) -> Result<ExecOutput, ContainerError> {
+    let err = |reason: String| ContainerError::Exec { id: id.to_string(), reason };
+    let mut child = tokio::process::Command::new(self_exe())
+        .arg("exec")
+        .arg("--pid")
+        .arg(init.pid.to_string())
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--process")
+        .arg(process_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| err(format!("cannot start the exec helper: {e}")))?;
+    let (out, errs) = (Buffer::default(), Buffer::default());
+    let readers = [
+        collect(child.stdout.take().ok_or_else(|| err("no stdout".into()))?, out.clone()),
+        collect(child.stderr.take().ok_or_else(|| err("no stderr".into()))?, errs.clone()),
+    ];
+    let status = if timeout_secs > 0 {
+        match tokio::time::timeout(Duration::from_secs(timeout_secs as u64), child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                // The helper dies with SIGKILL; its child has PDEATHSIG set and follows.
+                let _ = child.kill().await;
+                readers.iter().for_each(|r| r.abort());
+                return Err(ContainerError::ExecTimeout { id: id.to_string(), secs: timeout_secs });
+            }
+        }
+    } else {
+        child.wait().await
+    }
+    .map_err(|e| err(format!("waiting for the exec helper: {e}")))?;
+    for reader in readers {
+        let abort = reader.abort_handle();
+        if tokio::time::timeout(DRAIN_GRACE, reader).await.is_err() {
+            abort.abort();
+            tracing::debug!(container = %id, "exec output still open after the command exited; not waiting for it");
+        }
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let take = |b: Buffer| std::mem::take(&mut *b.lock().unwrap());
+    Ok(ExecOutput { stdout: take(out), stderr: take(errs), exit_code })
+}

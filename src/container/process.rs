@@ -1,0 +1,159 @@
+//! The daemon's side of a container's processes: spawning its monitor,
+//! talking to it over the control socket, and learning of exits through
+//! pidfds (no polling; works for monitors a previous daemon started).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::monitor::config::MonitorConfig;
+use crate::sandbox::namespaces::{self, self_exe};
+
+/// How long a monitor may take to create the container (mounts, cgroup, seccomp).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a control request may take; start waits for the workload's exec.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A process identified across PID reuse by its start time.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Proc {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl Proc {
+    pub fn of(pid: i32) -> Option<Proc> {
+        namespaces::start_time(pid).map(|start_time| Proc { pid, start_time })
+    }
+
+    pub fn alive(&self) -> bool {
+        namespaces::is_running(self.pid, self.start_time)
+    }
+
+    /// A pidfd, if the process is still the one recorded.
+    pub fn pidfd(&self) -> Option<OwnedFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the syscall returned a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // Checked after opening: the fd now pins this exact process.
+        self.alive().then_some(fd)
+    }
+
+    /// Sends `signal`; a process that is already gone is fine.
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        let Some(fd) = self.pidfd() else { return Ok(()) };
+        // SAFETY: pidfd_send_signal on a descriptor we own, no siginfo.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0)
+        };
+        match rc {
+            0 => Ok(()),
+            _ => match std::io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Resolves when the process has exited (at once if it already has).
+    pub async fn exited(&self) {
+        let Some(fd) = self.pidfd() else { return };
+        // SAFETY: an OwnedFd stays open and keeps its descriptor for the AsyncFd's life.
+        let Ok(fd) = (unsafe { AsyncFd::register(fd) }) else {
+            // No reactor registration possible: fall back to a slow check.
+            while self.alive() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            return;
+        };
+        let _ = fd.readable().await;
+    }
+}
+
+#[derive(Deserialize)]
+struct Handshake {
+    pid: Option<i32>,
+    error: Option<String>,
+}
+
+/// Writes `monitor.json`, starts the monitor detached from the daemon and
+/// waits for it to report the created (not yet started) init.
+pub async fn spawn_monitor(config: &MonitorConfig, config_path: &Path) -> Result<(Proc, Proc), String> {
+    let data = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
+    crate::state::write_atomic(config_path, &data).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let mut child = tokio::process::Command::new(self_exe())
+        .arg("monitor")
+        .arg("--config")
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the monitor: {e}"))?;
+    let monitor_pid = child.id().unwrap_or_default() as i32;
+    let monitor = Proc::of(monitor_pid).ok_or("the monitor exited at once")?;
+    let stdout = child.stdout.take().ok_or("monitor stdout missing")?;
+    let mut stderr = child.stderr.take().ok_or("monitor stderr missing")?;
+    let mut line = String::new();
+    let read = tokio::time::timeout(CREATE_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+    // Reaped by tokio in the background once it exits; the pidfd tells us when.
+    drop(child);
+    let fail = |why: String| {
+        let _ = monitor.signal(libc::SIGKILL);
+        Err(why)
+    };
+    match read {
+        Err(_) => return fail(format!("the monitor did not create the container within {CREATE_TIMEOUT:?}")),
+        Ok(Err(e)) => return fail(format!("reading the monitor's reply: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if line.trim().is_empty() {
+        let mut err = String::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err),
+        )
+        .await;
+        return fail(format!("the monitor exited without creating the container: {}", err.trim()));
+    }
+    let reply: Handshake = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("bad monitor reply {line:?}: {e}")),
+    };
+    match (reply.pid, reply.error) {
+        (_, Some(error)) => fail(error),
+        (Some(pid), None) => match Proc::of(pid) {
+            Some(init) => Ok((monitor, init)),
+            None => fail(format!("the container init (pid {pid}) exited before it was started")),
+        },
+        (None, None) => fail(format!("bad monitor reply {line:?}")),
+    }
+}
+
+/// Sends one control request (`start`, `reopen`) and returns the monitor's answer.
+pub async fn control(socket: &Path, request: &str) -> Result<(), String> {
+    let talk = async {
+        let mut stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("cannot reach the container's monitor at {}: {e}", socket.display()))?;
+        stream.write_all(format!("{request}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await.map_err(|e| e.to_string())?;
+        match line.trim_end() {
+            "ok" => Ok(()),
+            reply => Err(reply.strip_prefix("error ").unwrap_or(reply).to_string()),
+        }
+    };
+    tokio::time::timeout(CONTROL_TIMEOUT, talk)
+        .await
+        .unwrap_or_else(|_| Err(format!("the monitor did not answer {request:?} within {CONTROL_TIMEOUT:?}")))
+}

@@ -1,0 +1,381 @@
+//! End-to-end tests of containers on the built-in executor: the real
+//! `cricket serve` driven through CRI as kubelet does, with a busybox image
+//! from the local registry, in pods on a CNI bridge of each test's own.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tonic::Code;
+
+const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
+const EXITED: i32 = cri::ContainerState::ContainerExited as i32;
+const CREATED: i32 = cri::ContainerState::ContainerCreated as i32;
+
+struct Fixture {
+    _registry: Registry,
+    net: TestNet,
+    d: Daemon,
+    image: String,
+    logs: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        Fixture::with_image(Image::new(vec![busybox_layer()])).await
+    }
+
+    async fn with_image(image: Image) -> Fixture {
+        let registry = Registry::start().await;
+        let host = registry.host();
+        registry.push_image("busybox", "1", &image).await;
+        let net = TestNet::new();
+        let d = Daemon::start_with_net(&net, &insecure(&host)).await;
+        let image = format!("{host}/busybox:1");
+        d.pull(&image).await.expect("pull busybox");
+        Fixture { _registry: registry, net, d, image, logs: tempdir() }
+    }
+
+    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let mut c = pod_config(name);
+        c.log_directory = self.logs.path().join(name).display().to_string();
+        std::fs::create_dir_all(&c.log_directory).unwrap();
+        c
+    }
+
+    async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let config = self.pod_config(name);
+        let id = self.d.run_pod(config.clone(), "").await.expect("RunPodSandbox");
+        (id, config)
+    }
+
+    fn container(&self, name: &str, script: &str) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.to_string(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: self.image.clone(), ..Default::default() }),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            labels: [("app".to_string(), name.to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    async fn create(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        self.d.runtime().await.create_container(req).await.map(|r| r.into_inner().container_id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::StartContainerRequest { container_id: id.to_string() };
+        self.d.runtime().await.start_container(req).await.map(|_| ())
+    }
+
+    async fn run(&self, pod: &str, pod_config: &cri::PodSandboxConfig, name: &str, script: &str) -> String {
+        let id = self.create(pod, pod_config, self.container(name, script)).await.expect("CreateContainer");
+        self.start(&id).await.expect("StartContainer");
+        id
+    }
+
+    async fn status(&self, id: &str) -> Result<cri::ContainerStatus, tonic::Status> {
+        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
+        Ok(self.d.runtime().await.container_status(req).await?.into_inner().status.expect("status"))
+    }
+
+    async fn info(&self, id: &str) -> serde_json::Value {
+        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: true };
+        let resp = self.d.runtime().await.container_status(req).await.expect("ContainerStatus").into_inner();
+        serde_json::from_str(&resp.info["info"]).unwrap()
+    }
+
+    async fn wait_exit(&self, id: &str) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = self.status(id).await.expect("ContainerStatus");
+            if st.state == EXITED {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "container {id} still {} after 20s", st.state);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn exec(&self, id: &str, cmd: &[&str], timeout: i64) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        let req = cri::ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        // A hang guard, not a speed check: ExecSync must return.
+        let call = async { self.d.runtime().await.exec_sync(req).await.map(|r| r.into_inner()) };
+        tokio::time::timeout(Duration::from_secs(60), call).await.expect("ExecSync hung")
+    }
+
+    async fn stop(&self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+        let req = cri::StopContainerRequest { container_id: id.to_string(), timeout };
+        self.d.runtime().await.stop_container(req).await.map(|_| ())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::RemoveContainerRequest { container_id: id.to_string() };
+        self.d.runtime().await.remove_container(req).await.map(|_| ())
+    }
+
+    async fn list(&self, filter: cri::ContainerFilter) -> Vec<cri::Container> {
+        let req = cri::ListContainersRequest { filter: Some(filter) };
+        self.d.runtime().await.list_containers(req).await.expect("ListContainers").into_inner().containers
+    }
+
+    fn log_file(&self, pod: &str, name: &str) -> PathBuf {
+        self.logs.path().join(pod).join(format!("{name}.log"))
+    }
+
+    /// Mounts under the daemon's run dir (pins, shm, rootfs overlays).
+    fn run_mounts(&self) -> Vec<PathBuf> {
+        self.d.run_mounts().into_iter().map(|(m, _)| m).collect()
+    }
+
+    async fn finish(self, pods: &[&str]) {
+        for pod in pods {
+            self.d.remove_pod(pod).await.expect("RemovePodSandbox");
+        }
+        let left = self.run_mounts();
+        assert!(left.is_empty(), "mounts left: {left:?}");
+        assert!(names(&self.d.root.join("containers")).is_empty(), "container dirs left");
+        assert!(names(&self.d.run.join("containers")).is_empty(), "container run dirs left");
+        let helpers = self.d.helper_pids();
+        assert!(helpers.is_empty(), "monitors or helpers left: {helpers:?}");
+        for pod in pods {
+            assert!(pod_cgroup_dirs(pod).is_empty(), "cgroups of pod {pod} left");
+        }
+        drop(self.d);
+        self.net.finish();
+    }
+}
+
+/// Parsed CRI log lines: (stream, tag, text); checks each timestamp.
+fn log_lines(path: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let ts = parts.next().unwrap();
+            assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "bad timestamp in {line:?}");
+            let (stream, tag) = (parts.next().unwrap().to_string(), parts.next().unwrap().to_string());
+            (stream, tag, parts.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+fn line(stream: &str, text: &str) -> (String, String, String) {
+    (stream.to_string(), "F".to_string(), text.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_runs_logs_and_exits_with_its_code() {
+    let f = Fixture::new().await;
+    let (pod, pc) = f.pod("life").await;
+    let id = f.create(&pod, &pc, f.container("main", "echo out; echo err >&2; echo $$; exit 3")).await.unwrap();
+    let st = f.status(&id).await.unwrap();
+    assert_eq!(st.state, CREATED);
+    assert!(st.created_at > 0 && st.started_at == 0);
+    f.start(&id).await.unwrap();
+    let st = f.wait_exit(&id).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"));
+    assert!(st.started_at > 0 && st.finished_at >= st.started_at);
+    assert_eq!(st.image.as_ref().unwrap().image, f.image);
+    assert!(st.image_ref.contains("@sha256:"), "{}", st.image_ref);
+    assert_eq!(st.log_path, f.log_file("life", "main").display().to_string());
+    // The workload is PID 1 of its own PID namespace (the pod doesn't share one).
+    let lines = log_lines(&f.log_file("life", "main"));
+    assert_eq!(lines, vec![line("stdout", "out"), line("stderr", "err"), line("stdout", "1")]);
+    let exits =
+        f.list(cri::ContainerFilter { state: Some(cri::ContainerStateValue { state: EXITED }), ..Default::default() });
+    assert_eq!(exits.await.len(), 1);
+    f.remove(&id).await.unwrap();
+    assert_eq!(f.status(&id).await.unwrap_err().code(), Code::NotFound);
+    f.remove(&id).await.unwrap();
+    f.stop(&id, 0).await.unwrap();
+
+    let id = f.run(&pod, &pc, "ok", "true").await;
+    let st = f.wait_exit(&id).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+    f.finish(&[&pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_output_codes_and_timeouts() {
+    let f = Fixture::new().await;
+    let (pod, pc) = f.pod("exec").await;
+    let id = f.run(&pod, &pc, "sleeper", "echo ready > /tmp/ready; exec sleep 1000").await;
+    let r = f.exec(&id, &["/bin/sh", "-c", "echo hello; echo oops >&2; exit 7"], 10).await.unwrap();
+    assert_eq!((r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code), (&b"hello\n"[..], &b"oops\n"[..], 7));
+    // Same mount namespace as the container: it sees the file the workload wrote.
+    let r = f.exec(&id, &["cat", "/tmp/ready"], 10).await.unwrap();
+    assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"ready\n"[..], 0));
+    // Same PID namespace: the workload is PID 1.
+    let r = f.exec(&id, &["/bin/sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "sleep 1000 ");
+    // A background child that keeps the pipes open must not hold the reply.
+    let r = f.exec(&id, &["/bin/sh", "-c", "sleep 300 & echo started"], 10).await.unwrap();
+    assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"started\n"[..], 0));
+    let r = f.exec(&id, &["/no/such/binary"], 10).await.unwrap();
+    assert_eq!(r.exit_code, 127, "stderr: {}", String::from_utf8_lossy(&r.stderr));
+    let err = f.exec(&id, &["/bin/sh", "-c", "sleep 60"], 1).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // The timed-out command is gone (only the workload and the background sleep remain).
+    let r = f.exec(&id, &["/bin/sh", "-c", "ps -o args | grep 'sleep 60' | grep -v grep"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "");
+    let stopped = f.run(&pod, &pc, "done", "true").await;
+    f.wait_exit(&stopped).await;
+    let err = f.exec(&stopped, &["true"], 10).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    f.finish(&[&pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_signals_then_kills() {
+    let image = Image::new(vec![busybox_layer()]).with("StopSignal", serde_json::json!("SIGUSR1"));
+    let f = Fixture::with_image(image).await;
+    let (pod, pc) = f.pod("stop").await;
+    // Exits 42 on the image's stop signal.
+    let polite = f.run(&pod, &pc, "polite", "trap 'exit 42' USR1; while true; do sleep 0.1; done").await;
+    let stubborn = f.run(&pod, &pc, "stubborn", "trap '' USR1 TERM; while true; do sleep 0.1; done").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.stop(&polite, 30).await.unwrap();
+    let st = f.status(&polite).await.unwrap();
+    assert_eq!((st.state, st.exit_code), (EXITED, 42));
+    f.stop(&stubborn, 1).await.unwrap();
+    let st = f.status(&stubborn).await.unwrap();
+    assert_eq!((st.state, st.exit_code), (EXITED, 137));
+    f.stop(&stubborn, 1).await.unwrap();
+    // Stopping the pod stops what still runs.
+    let third = f.run(&pod, &pc, "third", "exec sleep 1000").await;
+    f.d.stop_pod(&pod).await.unwrap();
+    assert_eq!(f.status(&third).await.unwrap().state, EXITED);
+    f.finish(&[&pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_survive_a_daemon_restart() {
+    let mut f = Fixture::new().await;
+    let (pod, pc) = f.pod("restart").await;
+    let long = f.run(&pod, &pc, "long", "echo before; exec sleep 1000").await;
+    let short = f.run(&pod, &pc, "short", "sleep 1; exit 5").await;
+    let created = f.create(&pod, &pc, f.container("later", "echo later")).await.unwrap();
+    let pid = f.info(&long).await["pid"].as_i64().unwrap();
+    f.d.restart().await;
+    // `short` exits while the daemon restarts or after: either way its code is kept.
+    assert_eq!(f.wait_exit(&short).await.exit_code, 5);
+    let st = f.status(&long).await.unwrap();
+    assert_eq!(st.state, RUNNING);
+    assert_eq!(f.info(&long).await["pid"].as_i64().unwrap(), pid);
+    let r = f.exec(&long, &["echo", "alive"], 10).await.unwrap();
+    assert_eq!(r.stdout, b"alive\n");
+    assert_eq!(f.status(&created).await.unwrap().state, CREATED);
+    f.start(&created).await.unwrap();
+    assert_eq!(f.wait_exit(&created).await.exit_code, 0);
+    assert_eq!(log_lines(&f.log_file("restart", "later")), vec![line("stdout", "later")]);
+    f.stop(&long, 0).await.unwrap();
+    assert_eq!(f.status(&long).await.unwrap().exit_code, 137);
+    f.finish(&[&pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_that_must_fail() {
+    let f = Fixture::new().await;
+    let (pod, pc) = f.pod("bad").await;
+    let mut c = f.container("x", "true");
+    c.image = Some(cri::ImageSpec { image: "127.0.0.1:1/nope:1".into(), ..Default::default() });
+    assert_eq!(f.create(&pod, &pc, c).await.unwrap_err().code(), Code::NotFound);
+    let err = f.create("0000", &pc, f.container("x", "true")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let mut c = f.container("x", "true");
+    c.metadata = None;
+    assert_eq!(f.create(&pod, &pc, c).await.unwrap_err().code(), Code::InvalidArgument);
+    let id = f.create(&pod, &pc, f.container("dup", "sleep 100")).await.unwrap();
+    let err = f.create(&pod, &pc, f.container("dup", "true")).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    // A command that doesn't exist fails StartContainer with the reason.
+    let mut c = f.container("missing", "");
+    c.command = vec!["/bin/not-there".into()];
+    let missing = f.create(&pod, &pc, c).await.unwrap();
+    let err = f.start(&missing).await.unwrap_err();
+    assert!(err.message().contains("not-there"), "{err:?}");
+    let st = f.wait_exit(&missing).await;
+    assert_eq!(st.reason, "StartError");
+    assert!(st.message.contains("not-there"), "{}", st.message);
+    f.start(&id).await.unwrap();
+    assert_eq!(f.start(&id).await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(f.status("ffffffff").await.unwrap_err().code(), Code::NotFound);
+    // Removing a running container kills it first.
+    f.remove(&id).await.unwrap();
+    f.finish(&[&pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_update_and_log_reopen() {
+    let f = Fixture::new().await;
+    let (pod, pc) = f.pod("stats").await;
+    let script = "i=0; while true; do i=$((i+1)); echo line$i; sleep 0.05; done";
+    let id = f.run(&pod, &pc, "busy", script).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut rt = f.d.runtime().await;
+    let req = cri::ContainerStatsRequest { container_id: id.clone() };
+    let s = rt.container_stats(req).await.unwrap().into_inner().stats.unwrap();
+    assert!(s.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(s.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(s.writable_layer.unwrap().fs_id.is_some());
+    assert_eq!(s.attributes.unwrap().id, id);
+    let list = rt.list_container_stats(cri::ListContainerStatsRequest { filter: None }).await.unwrap().into_inner();
+    assert_eq!(list.stats.len(), 1);
+    let req = cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() };
+    let ps = rt.pod_sandbox_stats(req).await.unwrap().into_inner().stats.unwrap();
+    let linux = ps.linux.unwrap();
+    assert_eq!(linux.containers.len(), 1);
+    let net = linux.network.unwrap();
+    assert!(net.default_interface.is_some_and(|i| i.name == "eth0"), "{:?}", net.interfaces);
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
+
+    let limit = 64 << 20;
+    let res = cri::LinuxContainerResources { memory_limit_in_bytes: limit, cpu_shares: 512, ..Default::default() };
+    let req = cri::UpdateContainerResourcesRequest { container_id: id.clone(), linux: Some(res), ..Default::default() };
+    rt.update_container_resources(req).await.unwrap();
+    let st = f.status(&id).await.unwrap();
+    assert_eq!(st.resources.unwrap().linux.unwrap().memory_limit_in_bytes, limit);
+    let cgroup = f.info(&id).await["cgroup"].as_str().unwrap().trim_start_matches('/').to_string();
+    let mem = cgroup_dirs(&cgroup)
+        .into_iter()
+        .find(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists());
+    let mem = mem.expect("memory cgroup of the container");
+    let file = if mem.join("memory.max").exists() { "memory.max" } else { "memory.limit_in_bytes" };
+    assert_eq!(std::fs::read_to_string(mem.join(file)).unwrap().trim(), limit.to_string());
+
+    // Rotation as kubelet does it: rename, reopen; no line is lost or duplicated.
+    let log = f.log_file("stats", "busy");
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.stop(&id, 0).await.unwrap();
+    let numbers: Vec<u64> = [rotated, log]
+        .iter()
+        .flat_map(|p| log_lines(p))
+        .map(|(_, _, text)| text.trim_start_matches("line").parse().unwrap())
+        .collect();
+    assert!(numbers.len() > 5, "{numbers:?}");
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    let err = rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    f.finish(&[&pod]).await;
+}
