@@ -1,0 +1,148 @@
+//! The built-in executor (runc's role, in-process). `create` forks the
+//! container init from the calling, single-threaded monitor:
+//!
+//! monitor ─fork─▶ stage 1 (joins cgroup + namespaces, creates namespaces)
+//!                    └─clone(CLONE_PARENT)─▶ init (PID 1 of a new pid ns)
+//!
+//! CLONE_PARENT makes the init a direct child of the monitor, so the
+//! monitor can waitpid it without being a subreaper; stage 1 exits at once
+//! and `create` reaps it. `cricket exec` (exec_cmd) and `cricket run`
+//! (run_cmd) are helper modes built on the same pieces.
+
+mod cgroups;
+mod devices;
+pub mod exec_cmd;
+mod init;
+mod mountopts;
+mod namespaces;
+mod path;
+mod process;
+mod rootfs;
+pub mod run_cmd;
+mod seccomp;
+mod signals;
+mod step;
+mod sync;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult, Pid};
+use oci_spec::runtime::Spec;
+
+use super::{ContainerInit, InitStdio};
+use sync::{Channel, Msg};
+
+/// How long setup may take before the monitor gives up on the init.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A setup step in the init failed, e.g. "mount /proc: EPERM: Operation not permitted".
+    #[error("{0}")]
+    Setup(String),
+    #[error("{step}: {source}")]
+    Sys { step: &'static str, source: nix::errno::Errno },
+    #[error("container init: {0}")]
+    Protocol(String),
+    #[error("writing {file} for the user namespace: {source}")]
+    IdMap { file: String, source: std::io::Error },
+}
+
+/// Must be called from a single-threaded process (the monitor). Forks the
+/// container init, which joins/creates the namespaces, joins the cgroup
+/// (writes its pid into `cgroup.procs` of every dir in `cgroup_dirs`), sets
+/// up the rootfs and everything else in `spec`, then blocks until started.
+/// Returns once setup finished or failed. Warnings (skipped oom_score_adj,
+/// rlimits, unknown capabilities) are written to this process's stderr.
+///
+/// The init is a direct child of the caller (CLONE_PARENT): the caller
+/// waits for it with waitpid(init.pid()). An intermediate child is reaped
+/// here. On error nothing is left running.
+pub fn create(
+    bundle: &Path,
+    spec: &Spec,
+    stdio: InitStdio,
+    cgroup_dirs: &[PathBuf],
+) -> Result<Box<dyn ContainerInit>, ExecError> {
+    let (parent, child) = sync::pair().map_err(|source| ExecError::Sys { step: "socketpair", source })?;
+    let args = init::InitArgs { bundle, spec, cgroup_dirs };
+    // SAFETY: the caller is single-threaded (documented contract).
+    let stage1 = match unsafe { fork() }.map_err(|source| ExecError::Sys { step: "fork", source })? {
+        ForkResult::Child => {
+            drop(parent);
+            init::stage1(&args, stdio, child)
+        }
+        ForkResult::Parent { child: pid } => pid,
+    };
+    drop((child, stdio));
+    parent.set_timeout(SETUP_TIMEOUT).map_err(|source| ExecError::Sys { step: "SO_RCVTIMEO", source })?;
+    let mut init_pid = None;
+    let outcome = drive_setup(&parent, stage1, spec, &mut init_pid);
+    // Stage 1 has exited (or is about to); don't leave a zombie.
+    let _ = waitpid(stage1, None);
+    match (outcome, init_pid) {
+        (Ok(()), Some(pid)) => Ok(Box::new(LinuxInit { pid, channel: parent })),
+        (Ok(()), None) => Err(ExecError::Protocol("ready without a pid".into())),
+        (Err(e), pid) => {
+            if let Some(pid) = pid {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn drive_setup(channel: &Channel, stage1: Pid, spec: &Spec, init_pid: &mut Option<Pid>) -> Result<(), ExecError> {
+    loop {
+        let msg = channel.recv().map_err(ExecError::Protocol)?;
+        match msg {
+            Some(Msg::NeedMaps) => {
+                write_id_maps(stage1, spec)?;
+                channel.send(&Msg::MapsWritten).map_err(|source| ExecError::Sys { step: "sending maps", source })?;
+            }
+            Some(Msg::InitPid(pid)) => *init_pid = Some(Pid::from_raw(pid)),
+            Some(Msg::Warning(w)) => eprintln!("cricket: warning: {w}"),
+            Some(Msg::Ready) => return Ok(()),
+            Some(Msg::Error(e)) => return Err(ExecError::Setup(e)),
+            Some(other) => return Err(ExecError::Protocol(format!("unexpected {other:?}"))),
+            None => return Err(ExecError::Protocol("exited during setup without a reason".into())),
+        }
+    }
+}
+
+fn write_id_maps(pid: Pid, spec: &Spec) -> Result<(), ExecError> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    for (file, maps) in [("uid_map", linux.uid_mappings()), ("gid_map", linux.gid_mappings())] {
+        let text: String =
+            maps.iter().flatten().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect();
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, text).map_err(|source| ExecError::IdMap { file: path, source })?;
+    }
+    Ok(())
+}
+
+struct LinuxInit {
+    pid: Pid,
+    channel: Channel,
+}
+
+impl ContainerInit for LinuxInit {
+    fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    fn start(self: Box<Self>) -> Result<(), String> {
+        self.channel.send(&Msg::Start).map_err(|e| format!("releasing the container init: {e}"))?;
+        match self.channel.recv() {
+            // The channel is CLOEXEC: EOF means execve succeeded.
+            Ok(None) => Ok(()),
+            Ok(Some(Msg::Error(e))) => Err(e),
+            Ok(Some(other)) => Err(format!("container init: unexpected {other:?}")),
+            Err(e) => Err(format!("container init: {e}")),
+        }
+    }
+}
