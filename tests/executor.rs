@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::Spec;
 use serde_json::{json, Value};
 
-const APPLETS: &[&str] = &["sh", "echo", "cat", "id", "ls", "sleep", "hostname", "grep", "touch", "mkdir", "readlink"];
+const APPLETS: &[&str] = &["sh", "echo", "cat", "id", "ls", "sleep", "hostname", "grep", "touch", "mkdir", "true", "test"];
 const DEFAULT_CAPS: &[&str] = &["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
 
 struct Bundle {
@@ -405,5 +405,100 @@ fn exec_into_a_running_container() {
 
     let out = exec_in(&bg, &bundle, &["grep", "CapEff", "/proc/self/status"]);
     assert_eq!(stdout(&out), "CapEff:\t0000000000000421\n", "{}", stderr(&out));
+    assert_eq!(bg.stop(), 137);
+}
+
+#[test]
+fn user_namespace_with_id_maps() {
+    let bundle = Bundle::new();
+    // The mapped root must be able to reach the rootfs.
+    std::fs::set_permissions(bundle.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cfg = config(&["sh", "-c", "cat /proc/self/uid_map; id; echo > /dev/null && echo devnull-ok"]);
+    cfg["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    cfg["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    bundle.write(&cfg);
+    let out = run(&bundle, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let map: Vec<&str> = text.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"]);
+    assert!(text.contains("uid=0 gid=0"), "{text}");
+    assert!(text.contains("devnull-ok"), "{text}");
+}
+
+#[test]
+fn setup_errors_name_the_step() {
+    let bundle = Bundle::new();
+    let mut cfg = config(&["true"]);
+    cfg["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind", "source": "/nonexistent/cricket-source", "options": ["rbind"]
+    }));
+    bundle.write(&cfg);
+    let out = run(&bundle, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("mount /data: source /nonexistent/cricket-source: No such file or directory"), "{err}");
+}
+
+#[test]
+fn unprivileged_limits_are_warnings() {
+    let bundle = Bundle::new();
+    let mut cfg = config(&["cat", "/proc/self/oom_score_adj"]);
+    cfg["process"]["oomScoreAdj"] = json!(-1000);
+    bundle.write(&cfg);
+    let out = run(&bundle, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Either this host lets root lower it, or the init warned and went on.
+    let applied = stdout(&out).trim() == "-1000";
+    assert!(applied || stderr(&out).contains("warning: oom_score_adj -1000 not set"), "{}", stderr(&out));
+}
+
+/// A pty pair: (controller, replica).
+fn openpty() -> (std::fs::File, std::fs::File) {
+    let (mut controller, mut replica) = (0, 0);
+    let rc = unsafe {
+        libc::openpty(&mut controller, &mut replica, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+    };
+    assert_eq!(rc, 0);
+    use std::os::fd::FromRawFd;
+    unsafe { (std::fs::File::from_raw_fd(controller), std::fs::File::from_raw_fd(replica)) }
+}
+
+#[test]
+fn terminal_gets_a_controlling_tty_and_console() {
+    let bundle = Bundle::new();
+    let mut cfg = config(&["sh", "-c", "test -t 0 && echo is-a-tty; test -c /dev/console && echo console; echo $$"]);
+    cfg["process"]["terminal"] = json!(true);
+    bundle.write(&cfg);
+    let (controller, replica) = openpty();
+    let status = cricket()
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle.path())
+        .stdin(replica.try_clone().unwrap())
+        .stdout(replica.try_clone().unwrap())
+        .stderr(replica)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut buf = vec![0u8; 4096];
+    let n = std::io::Read::read(&mut &controller, &mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+    assert_eq!(text, "is-a-tty\nconsole\n1\n");
+}
+
+#[test]
+fn exec_joins_the_containers_cgroup() {
+    let cgroup = TestCgroup::new();
+    let bundle = Bundle::new();
+    bundle.write(&config(&["sleep", "30"]));
+    let bg = Background::start(&bundle, &["--cgroup", cgroup.0.to_str().unwrap()]);
+    // Inside the container's cgroup namespace, its own cgroup is the root.
+    let out = exec_in(&bg, &bundle, &["grep", ":pids:", "/proc/self/cgroup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert!(stdout(&out).trim().ends_with(":pids:/"), "{}", stdout(&out));
+    }
     assert_eq!(bg.stop(), 137);
 }

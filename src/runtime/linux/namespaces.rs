@@ -48,6 +48,10 @@ impl NsPlan {
                 None => plan.create.push(ns.typ()),
             }
         }
+        // Rootfs setup changes propagation and pivots: never in the host's mount namespace or a shared one.
+        if !plan.create.contains(&LinuxNamespaceType::Mount) {
+            return fail("the container needs a new mount namespace (a mount entry without a path)");
+        }
         // The user namespace first: it owns whatever is created or joined after it.
         plan.join.sort_by_key(|(t, _, _)| *t != LinuxNamespaceType::User);
         Ok(plan)
