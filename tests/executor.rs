@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::Spec;
 use serde_json::{json, Value};
 
-const APPLETS: &[&str] = &["sh", "echo", "cat", "id", "ls", "sleep", "hostname", "grep", "touch", "mkdir", "true", "test"];
+const APPLETS: &[&str] =
+    &["sh", "echo", "cat", "id", "ls", "sleep", "hostname", "grep", "touch", "mkdir", "true", "test"];
 const DEFAULT_CAPS: &[&str] = &["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
 
 struct Bundle {
@@ -500,5 +501,74 @@ fn exec_joins_the_containers_cgroup() {
     if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         assert!(stdout(&out).trim().ends_with(":pids:/"), "{}", stdout(&out));
     }
+    assert_eq!(bg.stop(), 137);
+}
+
+#[test]
+fn scheduling_io_priority_sysctls_and_fds() {
+    let bundle = Bundle::new();
+    let mut cfg = config(&[
+        "sh",
+        "-c",
+        "grep -E '^(policy|prio) ' /proc/self/sched; ionice -p $$; cat /proc/sys/net/ipv4/ip_forward; ls /proc/self/fd",
+    ]);
+    cfg["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 5});
+    cfg["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
+    cfg["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    bundle.write(&cfg);
+    let out = run(&bundle, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<String> = text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(lines[0], "policy : 3", "{text}");
+    assert_eq!(lines[1], "prio : 125", "{text}");
+    assert!(lines[2].starts_with("idle"), "{text}");
+    assert_eq!(lines[3], "1", "{text}");
+    // ls's own directory fd is 3: nothing of the monitor leaked in.
+    assert_eq!(&lines[4..], ["0", "1", "2", "3"], "{text}");
+}
+
+#[test]
+fn exec_applies_seccomp_and_forwards_signals() {
+    let bundle = Bundle::new();
+    let mut cfg = config(&["sleep", "30"]);
+    cfg["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
+    });
+    bundle.write(&cfg);
+    let bg = Background::start(&bundle, &[]);
+    let out = exec_in(&bg, &bundle, &["mkdir", "/tmp/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Function not implemented"), "{}", stderr(&out));
+
+    let process = json!({"args": ["sleep", "30"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}});
+    let file = bundle.path().join("sleep.json");
+    std::fs::write(&file, process.to_string()).unwrap();
+    let mut helper = cricket()
+        .arg("exec")
+        .arg("--pid")
+        .arg(bg.init.to_string())
+        .arg("--bundle")
+        .arg(bundle.path())
+        .arg("--process")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Signal only once the helper's child runs the workload.
+    let children = format!("/proc/{0}/task/{0}/children", helper.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&children)
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("busybox")))
+    {
+        assert!(Instant::now() < deadline, "exec'd process did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(helper.id() as i32, libc::SIGTERM) };
+    let status = helper.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
     assert_eq!(bg.stop(), 137);
 }
