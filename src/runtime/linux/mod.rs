@@ -1,13 +1,23 @@
 //! The built-in executor (runc's role, in-process). `create` forks the
 //! container init from the calling, single-threaded monitor:
 //!
-//! monitor ─fork─▶ stage 1 (joins cgroup + namespaces, creates namespaces)
-//!                    └─clone(CLONE_PARENT)─▶ init (PID 1 of a new pid ns)
+//! ```text
+//! monitor ─fork─▶ stage 1: joins the cgroup dirs, setns(path namespaces),
+//!    ▲               unshare(user) + id maps written by the monitor, unshare(the rest)
+//!    │               └─clone(CLONE_PARENT)─▶ init: PID 1 of a new pid ns (or a member of a joined one)
+//!    └───────────── the init's parent is the monitor ◀──┘
+//! ```
 //!
+//! A new or joined pid namespace only applies to children, hence stage 1.
 //! CLONE_PARENT makes the init a direct child of the monitor, so the
-//! monitor can waitpid it without being a subreaper; stage 1 exits at once
-//! and `create` reaps it. `cricket exec` (exec_cmd) and `cricket run`
-//! (run_cmd) are helper modes built on the same pieces.
+//! monitor waitpid()s it without needing PR_SET_CHILD_SUBREAPER; stage 1
+//! exits at once and `create` reaps it. The init talks to the monitor over
+//! a CLOEXEC SOCK_SEQPACKET pair (see `sync`): its pid, warnings, ready or
+//! an error; then it blocks for start, and the channel's EOF after start
+//! means its execve succeeded. If the monitor drops the `ContainerInit`
+//! (or dies) before start, the init sees EOF and exits with status 1.
+//! `cricket exec` (exec_cmd) and `cricket run` (run_cmd) are helper modes
+//! built on the same pieces.
 
 mod cgroups;
 mod devices;
@@ -52,15 +62,21 @@ pub enum ExecError {
 }
 
 /// Must be called from a single-threaded process (the monitor). Forks the
-/// container init, which joins/creates the namespaces, joins the cgroup
-/// (writes its pid into `cgroup.procs` of every dir in `cgroup_dirs`), sets
-/// up the rootfs and everything else in `spec`, then blocks until started.
-/// Returns once setup finished or failed. Warnings (skipped oom_score_adj,
-/// rlimits, unknown capabilities) are written to this process's stderr.
+/// container init, which joins/creates the namespaces, sets up the rootfs
+/// and everything else in `spec`, then blocks until started. The cgroup
+/// join (our pid written into `cgroup.procs` of every dir in `cgroup_dirs`)
+/// happens in stage 1 before any namespace change, so the init is born in
+/// the cgroup. Returns once setup finished or failed; a failed step comes
+/// back as `ExecError::Setup("mount /proc: EPERM: Operation not permitted")`.
+/// Warnings (oom_score_adj or rlimits refused for lack of privilege, unknown
+/// capabilities, ambient caps not raised) go to this process's stderr as
+/// `cricket: warning: …` lines.
 ///
 /// The init is a direct child of the caller (CLONE_PARENT): the caller
-/// waits for it with waitpid(init.pid()). An intermediate child is reaped
-/// here. On error nothing is left running.
+/// reaps it with waitpid(init.pid()) (or waitpid(-1)). `create` itself
+/// waitpid()s the short-lived stage-1 child; a caller reaping with
+/// waitpid(-1) concurrently (from a SIGCHLD handler) may collect it
+/// instead, which is harmless. On error nothing is left running.
 pub fn create(
     bundle: &Path,
     spec: &Spec,
@@ -81,7 +97,11 @@ pub fn create(
     parent.set_timeout(SETUP_TIMEOUT).map_err(|source| ExecError::Sys { step: "SO_RCVTIMEO", source })?;
     let mut init_pid = None;
     let outcome = drive_setup(&parent, stage1, spec, &mut init_pid);
-    // Stage 1 has exited (or is about to); don't leave a zombie.
+    if outcome.is_err() {
+        // It may be stuck (a timeout); it is our child, so the pid can't have been reused.
+        let _ = kill(stage1, Signal::SIGKILL);
+    }
+    // Stage 1 exits right after reporting the init's pid; don't leave a zombie.
     let _ = waitpid(stage1, None);
     match (outcome, init_pid) {
         (Ok(()), Some(pid)) => Ok(Box::new(LinuxInit { pid, channel: parent })),

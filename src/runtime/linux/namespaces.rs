@@ -78,3 +78,42 @@ impl NsPlan {
         unshare(flags).with(|| format!("unshare({:?})", self.create))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(namespaces: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"namespaces": namespaces}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn paths_are_joined_user_first_and_the_rest_created() {
+        let plan = NsPlan::from_spec(&spec(serde_json::json!([
+            {"type": "network", "path": "/proc/self/ns/net"},
+            {"type": "user", "path": "/proc/self/ns/user"},
+            {"type": "mount"}, {"type": "pid"}, {"type": "cgroup"}
+        ])))
+        .unwrap();
+        let joined: Vec<_> = plan.join.iter().map(|(t, _, _)| *t).collect();
+        assert_eq!(joined, [LinuxNamespaceType::User, LinuxNamespaceType::Network]);
+        assert!(plan.creates(LinuxNamespaceType::Pid) && plan.creates(LinuxNamespaceType::Cgroup));
+        assert!(!plan.creates(LinuxNamespaceType::Network));
+    }
+
+    #[test]
+    fn invalid_plans_are_refused() {
+        let twice = NsPlan::from_spec(&spec(serde_json::json!([{"type": "mount"}, {"type": "pid"}, {"type": "pid"}])));
+        assert!(twice.is_err_and(|e| e.0.contains("listed twice")));
+        let no_mnt = NsPlan::from_spec(&spec(serde_json::json!([{"type": "pid"}])));
+        assert!(no_mnt.is_err_and(|e| e.0.contains("mount namespace")));
+        let missing = NsPlan::from_spec(&spec(
+            serde_json::json!([{"type": "mount"}, {"type": "network", "path": "/nonexistent/ns"}]),
+        ));
+        assert!(missing.is_err_and(|e| e.0.contains("/nonexistent/ns")));
+    }
+}
