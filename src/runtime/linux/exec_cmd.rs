@@ -17,7 +17,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{Process, Spec};
 
 use super::step::{Step, StepResult};
-use super::{cgroups, process, signals};
+use super::{cgroups, limits, process, signals};
 
 const SETUP_FAILED: i32 = 125;
 
@@ -130,7 +130,7 @@ fn child(
         }
     }
     let mut warn = |w: String| eprintln!("cricket exec: warning: {w}");
-    process::apply_limits(proc_spec, &mut warn)?;
+    limits::apply(proc_spec, &mut warn)?;
     let prepared = process::secure(proc_spec, seccomp, apparmor, &mut warn)?;
     Ok(process::exec(prepared))
 }

@@ -16,7 +16,7 @@ use super::namespaces::NsPlan;
 use super::rootfs::{self, RootfsContext};
 use super::step::{fail, Step, StepResult};
 use super::sync::{Channel, Msg};
-use super::{cgroups, process, InitStdio};
+use super::{cgroups, limits, process, InitStdio};
 
 pub struct InitArgs<'a> {
     pub bundle: &'a Path,
@@ -31,6 +31,7 @@ pub fn stage1(args: &InitArgs, stdio: InitStdio, channel: Channel) -> ! {
         Err(e) => exit_with(None, e.0, 1),
     };
     match stage1_steps(args, &channel) {
+        // SAFETY: _exit leaves without running the monitor's exit handlers in this copy of it.
         Ok(()) => unsafe { libc::_exit(0) },
         Err(e) => exit_with(Some(&channel), e.0, 1),
     }
@@ -158,7 +159,7 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
         std::fs::write(&path, value).with(|| format!("sysctl {key}={value}"))?;
     }
     rootfs::finalize(spec)?;
-    process::apply_limits(&proc_spec, &mut warn)?;
+    limits::apply(&proc_spec, &mut warn)?;
     nix::unistd::setsid().ctx("setsid")?;
     if terminal {
         // SAFETY: TIOCSCTTY on fd 0, the pty replica.
@@ -173,7 +174,8 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
     channel.send(&Msg::Ready).ctx("reporting ready")?;
     match channel.recv() {
         Ok(Some(Msg::Start)) => {}
-        // The monitor gave up on this container; nothing to report to.
+        // The monitor gave up on this container (or died); nothing to report to.
+        // SAFETY: as in stage1, _exit without exit handlers.
         _ => unsafe { libc::_exit(1) },
     }
     Ok(process::exec(prepared))

@@ -19,10 +19,12 @@
 //! `cricket exec` (exec_cmd) and `cricket run` (run_cmd) are helper modes
 //! built on the same pieces.
 
+mod capabilities;
 mod cgroups;
 mod devices;
 pub mod exec_cmd;
 mod init;
+mod limits;
 mod mountopts;
 mod namespaces;
 mod path;
