@@ -49,6 +49,12 @@ enum Command {
     /// Internal: create, configure and pin a pod's namespaces.
     #[command(hide = true)]
     PinNamespaces(sandbox::namespaces::PinArgs),
+    /// Internal: run a process in a running container.
+    #[command(hide = true)]
+    Exec(runtime::linux::exec_cmd::ExecArgs),
+    /// Debugging: create and start an OCI bundle in the foreground.
+    #[command(hide = true)]
+    Run(runtime::linux::run_cmd::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +65,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::PinNamespaces(args) => return helper_exit(sandbox::namespaces::pin_main(args)),
+        Command::Exec(args) => return exit_code(runtime::linux::exec_cmd::exec_main(args)),
+        Command::Run(args) => return exit_code(runtime::linux::run_cmd::run_main(args)),
         Command::Serve | Command::Config | Command::Check => {}
     }
     let file = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
@@ -77,8 +85,15 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Check => check::main(&config),
-        Command::Version | Command::PinNamespaces(_) => unreachable!("handled above"),
+        Command::Version | Command::PinNamespaces(_) | Command::Exec(_) | Command::Run(_) => {
+            unreachable!("handled above")
+        }
     }
+}
+
+/// Exit statuses are 0-255; a child's code passes through unchanged.
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
 }
 
 /// Helper modes report failure on stderr for the daemon to pass on.

@@ -3,6 +3,8 @@
 //! OCI runtime (issue 6) would run `runc create`. The monitor owns whatever
 //! this returns and drives it through start.
 
+pub mod linux;
+
 use std::os::fd::OwnedFd;
 
 /// The container's standard streams as the init process gets them: pipes

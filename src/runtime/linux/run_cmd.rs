@@ -1,0 +1,63 @@
+//! `cricket run`: create and start a bundle in the foreground with this
+//! process's stdio, like `runc run`; an operator's debugging tool.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use super::signals;
+use crate::runtime::InitStdio;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Bundle directory holding config.json.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Names the container in messages.
+    #[arg(long, default_value = "container")]
+    pub id: String,
+    /// A cgroup directory to join (repeat for each v1 hierarchy).
+    #[arg(long = "cgroup")]
+    pub cgroups: Vec<PathBuf>,
+    /// Written with the init's host PID once it is created.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// The container's exit code (128 + signal if killed); 1 when it could not run.
+pub fn run_main(args: &RunArgs) -> i32 {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cricket run {}: {e}", args.id);
+            1
+        }
+    }
+}
+
+fn run(args: &RunArgs) -> Result<i32, String> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+    let config = args.bundle.join("config.json");
+    let spec = Spec::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let dup = |fd: std::os::fd::BorrowedFd| -> Result<OwnedFd, String> {
+        fd.try_clone_to_owned().map_err(|e| format!("dup stdio: {e}"))
+    };
+    let stdio = InitStdio {
+        stdin: dup(std::io::stdin().as_fd())?,
+        stdout: dup(std::io::stdout().as_fd())?,
+        stderr: dup(std::io::stderr().as_fd())?,
+    };
+    let init = super::create(&args.bundle, &spec, stdio, &args.cgroups).map_err(|e| e.to_string())?;
+    let pid = Pid::from_raw(init.pid());
+    signals::forward_to(pid);
+    if let Some(file) = &args.pid_file {
+        std::fs::write(file, pid.to_string()).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    if let Err(e) = init.start() {
+        let _ = signals::wait_for(pid);
+        return Err(e);
+    }
+    Ok(signals::wait_for(pid))
+}

@@ -1,0 +1,49 @@
+//! Signal forwarding for the foreground helpers (`cricket run`, `cricket exec`):
+//! what the helper receives, its child gets.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+static TARGET: AtomicI32 = AtomicI32::new(0);
+
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGWINCH,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = TARGET.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+pub fn forward_to(pid: Pid) {
+    TARGET.store(pid.as_raw(), Ordering::Relaxed);
+    let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in FORWARDED {
+        // SAFETY: the handler only calls kill.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+/// Reaps children until `pid` exits; its exit code, or 128 + signal.
+pub fn wait_for(pid: Pid) -> i32 {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, code)) if p == pid => return code,
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}
