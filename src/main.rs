@@ -47,6 +47,9 @@ enum Command {
     /// Internal: create, configure and pin a pod's namespaces.
     #[command(hide = true)]
     PinNamespaces(sandbox::namespaces::PinArgs),
+    /// Internal: a container's monitor; `--config` names its monitor.json.
+    #[command(hide = true)]
+    Monitor,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::PinNamespaces(args) => return helper_exit(sandbox::namespaces::pin_main(args)),
+        Command::Monitor => return monitor::main(cli.config.as_deref()),
         Command::Serve | Command::Config | Command::Check => {}
     }
     let file = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Check => check::main(&config),
-        Command::Version | Command::PinNamespaces(_) => unreachable!("handled above"),
+        Command::Version | Command::PinNamespaces(_) | Command::Monitor => unreachable!("handled above"),
     }
 }
 
