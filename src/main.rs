@@ -47,12 +47,15 @@ enum Command {
     /// Internal: create, configure and pin a pod's namespaces.
     #[command(hide = true)]
     PinNamespaces(sandbox::namespaces::PinArgs),
-    /// Internal: a container's monitor; `--config` names its monitor.json.
-    #[command(hide = true)]
-    Monitor,
 }
 
 fn main() -> ExitCode {
+    // `cricket monitor --config <monitor.json>` runs for every container's
+    // life: it skips clap to stay small.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "monitor") {
+        return monitor::main(args);
+    }
     let cli = Cli::parse();
     match &cli.command {
         Command::Version => {
@@ -60,7 +63,6 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::PinNamespaces(args) => return helper_exit(sandbox::namespaces::pin_main(args)),
-        Command::Monitor => return monitor::main(cli.config.as_deref()),
         Command::Serve | Command::Config | Command::Check => {}
     }
     let file = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
@@ -79,7 +81,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Check => check::main(&config),
-        Command::Version | Command::PinNamespaces(_) | Command::Monitor => unreachable!("handled above"),
+        Command::Version | Command::PinNamespaces(_) => unreachable!("handled above"),
     }
 }
 

@@ -345,6 +345,13 @@ mod tests {
     }
 
     #[test]
+    fn full_disk_losses_are_counted() {
+        let mut log = CriLog::open(Some(Path::new("/dev/full"))).unwrap();
+        log.feed(Stream::Stdout, b"a\nb\n");
+        assert_eq!(log.dropped, 2);
+    }
+
+    #[test]
     fn no_path_discards() {
         let mut log = CriLog::open(None).unwrap();
         log.feed(Stream::Stdout, b"x\ny");

@@ -14,7 +14,9 @@ pub mod log;
 mod run;
 mod sys;
 
+use std::ffi::OsString;
 use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -22,7 +24,7 @@ use config::{Handshake, MonitorConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
-    #[error("monitor needs --config <monitor.json>")]
+    #[error("usage: cricket monitor --config <monitor.json>")]
     NoConfig,
     #[error("reading {}: {source}", path.display())]
     ReadConfig { path: PathBuf, source: io::Error },
@@ -48,10 +50,12 @@ pub enum MonitorError {
     Create(String),
 }
 
-/// `cricket monitor --config <monitor.json>`: detaches, creates the
-/// container, prints the handshake line, then serves it until it exits.
-pub fn main(config: Option<&Path>) -> ExitCode {
-    let monitor = sys::detach().map_err(MonitorError::Detach).and_then(|()| setup(config));
+/// `cricket monitor --config <monitor.json>` (`args` follow `monitor`):
+/// detaches, creates the container, prints the handshake line, then serves
+/// it until it exits.
+pub fn main(args: impl Iterator<Item = OsString>) -> ExitCode {
+    let config = config_arg(args);
+    let monitor = sys::detach().map_err(MonitorError::Detach).and_then(|()| setup(config.as_deref()));
     let handshake = match &monitor {
         Ok(m) => Handshake::Created { pid: m.init_pid(), monitor_pid: std::process::id() as i32 },
         Err(e) => Handshake::Failed { error: e.to_string() },
@@ -68,6 +72,18 @@ pub fn main(config: Option<&Path>) -> ExitCode {
     }
     monitor.run();
     ExitCode::SUCCESS
+}
+
+/// The path in `--config <path>` or `--config=<path>`, the only argument.
+fn config_arg(mut args: impl Iterator<Item = OsString>) -> Option<PathBuf> {
+    let first = args.next()?;
+    let path = if first == "--config" {
+        args.next()?
+    } else {
+        let bytes = first.as_bytes().strip_prefix(b"--config=")?;
+        OsString::from_vec(bytes.to_vec())
+    };
+    args.next().is_none().then(|| PathBuf::from(path))
 }
 
 fn write_handshake(handshake: &Handshake) -> io::Result<()> {
@@ -99,4 +115,23 @@ fn setup(config: Option<&Path>) -> Result<run::Monitor, MonitorError> {
     };
     let oom_before = exit::oom_kills(&cfg.cgroup_dirs);
     Ok(run::Monitor::new(cfg, dir, log, control, signals, created, oom_before))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Option<PathBuf> {
+        config_arg(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn config_argument() {
+        assert_eq!(parse(&["--config", "/r/m.json"]), Some(PathBuf::from("/r/m.json")));
+        assert_eq!(parse(&["--config=/r/m.json"]), Some(PathBuf::from("/r/m.json")));
+        assert_eq!(parse(&["--config"]), None);
+        assert_eq!(parse(&[]), None);
+        assert_eq!(parse(&["--config", "a", "b"]), None);
+        assert_eq!(parse(&["--other", "a"]), None);
+    }
 }

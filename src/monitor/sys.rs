@@ -20,6 +20,7 @@ const DEFAULT_WINSIZE: Winsize = Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0,
 /// right away) and its child goes on in its own session, as a subreaper so
 /// that container inits whose parents exit are reparented to it.
 pub fn detach() -> io::Result<()> {
+    close_inherited_fds();
     // SAFETY: the monitor is single-threaded; the child continues normally.
     match unsafe { fork() }? {
         // SAFETY: _exit skips atexit handlers and buffered stdio the child still owns.
@@ -31,6 +32,13 @@ pub fn detach() -> io::Result<()> {
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     nix::sys::prctl::set_child_subreaper(true)?;
     Ok(())
+}
+
+/// Closes every fd above stderr: whatever the spawner leaked must not stay
+/// open for the container's life. Best effort (close_range needs Linux 5.9).
+fn close_inherited_fds() {
+    // SAFETY: nothing in this process owns an fd above 2 yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
 }
 
 /// Blocks SIGCHLD and SIGHUP and returns a signalfd for them. Children
