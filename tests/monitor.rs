@@ -30,9 +30,11 @@ struct Case {
 struct Options {
     tty: bool,
     memory_limit: Option<i64>,
+    /// Share the host's PID namespace, so the init's exit does not kill the rest.
+    host_pid: bool,
 }
 
-const PLAIN: Options = Options { tty: false, memory_limit: None };
+const PLAIN: Options = Options { tty: false, memory_limit: None, host_pid: false };
 
 impl Case {
     fn new(script: &str, opts: Options) -> Case {
@@ -189,6 +191,7 @@ fn spec(args: &[&str], opts: &Options, cgroups_path: &str) -> Spec {
     let namespaces =
         [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount]
             .into_iter()
+            .filter(|&typ| !(opts.host_pid && typ == LinuxNamespaceType::Pid))
             .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build().unwrap())
             .collect::<Vec<_>>();
     let mut linux = LinuxBuilder::default().namespaces(namespaces).cgroups_path(PathBuf::from(cgroups_path));
@@ -366,10 +369,8 @@ fn survives_parent_and_serves_despite_idle_clients() {
 
 #[test]
 fn tty_output_is_stdout() {
-    let mut case = Case::new(
-        "echo on tty; echo to stderr >&2; test -t 1 && echo is a tty",
-        Options { tty: true, memory_limit: None },
-    );
+    let mut case =
+        Case::new("echo on tty; echo to stderr >&2; test -t 1 && echo is a tty", Options { tty: true, ..PLAIN });
     case.spawn();
     assert_eq!(case.request("start"), "ok");
     assert_eq!(case.exit_record()["exit_code"], 0);
@@ -397,11 +398,29 @@ fn create_failure_is_reported() {
 
 #[test]
 fn oom_kill_is_recorded() {
-    let opts = Options { tty: false, memory_limit: Some(32 << 20) };
+    let opts = Options { memory_limit: Some(32 << 20), ..PLAIN };
     let mut case = Case::new("echo filling; x=$(head -c 268435456 /dev/zero | tr '\\0' a); echo survived", opts);
     case.spawn();
     assert_eq!(case.request("start"), "ok");
     let rec = case.exit_record();
     assert_eq!((rec["exit_code"].as_i64(), rec["oom_killed"].as_bool()), (Some(137), Some(true)), "{rec}");
+    case.assert_clean();
+}
+
+#[test]
+fn drain_is_bounded_when_a_leftover_holds_the_pipes() {
+    let opts = Options { host_pid: true, ..PLAIN };
+    let mut case = Case::new("sleep 60 & echo $!", opts);
+    case.spawn();
+    let t = Instant::now();
+    assert_eq!(case.request("start"), "ok");
+    assert_eq!(case.exit_record()["exit_code"], 0);
+    assert!(t.elapsed() < Duration::from_secs(5), "drained for {:?}", t.elapsed());
+    assert!(t.elapsed() >= Duration::from_secs(2), "the sleeper held stdout: the monitor waited");
+    let diagnostics = fs::read_to_string(case.run_dir().join("monitor.log")).unwrap();
+    assert!(diagnostics.contains("still open"), "{diagnostics}");
+    let sleeper: i32 = texts(&case.entries(&case.log()), "stdout")[0].parse().unwrap();
+    // `delete --force` killed the sleeper with the rest of the container's cgroup.
+    wait_for("the leftover to die", Duration::from_secs(5), || gone(sleeper));
     case.assert_clean();
 }

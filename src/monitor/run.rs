@@ -198,6 +198,16 @@ impl Monitor {
         }
     }
 
+    /// Collects whatever exited meanwhile (processes the runtime just killed
+    /// were reparented here); anything later goes to the monitor's own reaper.
+    fn reap_orphans(&self) {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+
     fn on_init_exit(&mut self, status: WaitStatus) {
         self.exited = Some((status, crate::state::now_nanos()));
         self.drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
@@ -265,6 +275,7 @@ impl Monitor {
                 eprintln!("monitor: {e}");
             }
         }
+        self.reap_orphans();
         self.control.remove_socket();
         let record = outcome.record();
         let written = serde_json::to_vec(&record)
