@@ -58,6 +58,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `cricket monitor --config <monitor.json>` runs for every container's
+    // life: it skips clap to stay small.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "monitor") {
+        return monitor::main(args);
+    }
     let cli = Cli::parse();
     match &cli.command {
         Command::Version => {

@@ -10,7 +10,8 @@ use super::process::{self, Proc};
 use super::rootfs::Rootfs;
 use super::*;
 use crate::cgroup::{CgroupDriver, Resources};
-use crate::monitor::config::{ExitRecord, MonitorConfig};
+use crate::config::HandlerKind;
+use crate::monitor::config::{ExitRecord, MonitorConfig, RuntimeKind};
 use crate::sandbox::SandboxState;
 
 /// After SIGKILL, how long the exit may take to be recorded before StopContainer gives up.
@@ -112,6 +113,7 @@ impl Containers {
             stdin: config.stdin,
             stdin_once: config.stdin_once,
             tty: config.tty,
+            runtime: self.runtime_kind(&sandbox.runtime_handler)?,
         };
         let monitor_json = run_dir.join("monitor.json");
         let cg_resources = resources.as_ref().map(Resources::from_cri).unwrap_or_default();
@@ -153,6 +155,23 @@ impl Containers {
         };
         self.persist(&st)?;
         Ok(Container::new(st, Some(lease)))
+    }
+
+    /// How the pod's runtime handler creates containers.
+    fn runtime_kind(&self, handler: &str) -> Result<RuntimeKind, ContainerError> {
+        let name = if handler.is_empty() { "default" } else { handler };
+        let h = self.config.runtimes.get(name).ok_or_else(|| {
+            ContainerError::Create(format!("runtime handler {name:?} of the pod is no longer configured"))
+        })?;
+        match (h.kind, &h.path) {
+            (HandlerKind::Linux, _) => Ok(RuntimeKind::Linux),
+            (HandlerKind::Oci, Some(path)) => {
+                Ok(RuntimeKind::Oci { path: path.clone(), root: self.config.run.join("runtimes").join(name) })
+            }
+            (kind, _) => Err(ContainerError::Create(format!(
+                "runtime handler {name:?} (type {kind:?}) cannot run containers in this build"
+            ))),
+        }
     }
 
     async fn undo(&self, undo: Undo) {

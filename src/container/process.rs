@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::monitor::config::MonitorConfig;
+use crate::monitor::config::{Handshake, MonitorConfig};
 use crate::sandbox::namespaces::{self, self_exe};
 
 /// How long a monitor may take to create the container (mounts, cgroup, seccomp).
@@ -79,14 +79,9 @@ impl Proc {
     }
 }
 
-#[derive(Deserialize)]
-struct Handshake {
-    pid: Option<i32>,
-    error: Option<String>,
-}
-
-/// Writes `monitor.json`, starts the monitor detached from the daemon and
-/// waits for it to report the created (not yet started) init.
+/// Writes `monitor.json`, starts the monitor (which detaches from the
+/// daemon) and waits for it to report the created, not yet started, init.
+/// Returns the monitor and the init.
 pub async fn spawn_monitor(config: &MonitorConfig, config_path: &Path) -> Result<(Proc, Proc), String> {
     let data = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
     crate::state::write_atomic(config_path, &data).map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -99,43 +94,33 @@ pub async fn spawn_monitor(config: &MonitorConfig, config_path: &Path) -> Result
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start the monitor: {e}"))?;
-    let monitor_pid = child.id().unwrap_or_default() as i32;
-    let monitor = Proc::of(monitor_pid).ok_or("the monitor exited at once")?;
     let stdout = child.stdout.take().ok_or("monitor stdout missing")?;
     let mut stderr = child.stderr.take().ok_or("monitor stderr missing")?;
     let mut line = String::new();
     let read = tokio::time::timeout(CREATE_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
-    // Reaped by tokio in the background once it exits; the pidfd tells us when.
+    // The spawned process exits once the monitor has forked away; tokio reaps it.
     drop(child);
-    let fail = |why: String| {
-        let _ = monitor.signal(libc::SIGKILL);
-        Err(why)
-    };
     match read {
-        Err(_) => return fail(format!("the monitor did not create the container within {CREATE_TIMEOUT:?}")),
-        Ok(Err(e)) => return fail(format!("reading the monitor's reply: {e}")),
+        Err(_) => return Err(format!("the monitor did not create the container within {CREATE_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(format!("reading the monitor's reply: {e}")),
         Ok(Ok(_)) => {}
     }
     if line.trim().is_empty() {
         let mut err = String::new();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err),
-        )
-        .await;
-        return fail(format!("the monitor exited without creating the container: {}", err.trim()));
+        let read_err = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err);
+        let _ = tokio::time::timeout(Duration::from_secs(1), read_err).await;
+        return Err(format!("the monitor exited without creating the container: {}", err.trim()));
     }
-    let reply: Handshake = match serde_json::from_str(line.trim()) {
-        Ok(r) => r,
-        Err(e) => return fail(format!("bad monitor reply {line:?}: {e}")),
-    };
-    match (reply.pid, reply.error) {
-        (_, Some(error)) => fail(error),
-        (Some(pid), None) => match Proc::of(pid) {
-            Some(init) => Ok((monitor, init)),
-            None => fail(format!("the container init (pid {pid}) exited before it was started")),
-        },
-        (None, None) => fail(format!("bad monitor reply {line:?}")),
+    match serde_json::from_str::<Handshake>(line.trim()) {
+        Ok(Handshake::Created { pid, monitor_pid }) => {
+            let monitor = Proc::of(monitor_pid).ok_or("the monitor exited right after creating the container")?;
+            match Proc::of(pid) {
+                Some(init) => Ok((monitor, init)),
+                None => Err(format!("the container init (pid {pid}) exited before it was started")),
+            }
+        }
+        Ok(Handshake::Failed { error }) => Err(error),
+        Err(e) => Err(format!("bad monitor reply {line:?}: {e}")),
     }
 }
 

@@ -24,3 +24,5 @@ pub trait ContainerInit {
     /// the reason it failed (missing binary, permission) for StartContainer to report.
     fn start(self: Box<Self>) -> Result<(), String>;
 }
+
+pub mod oci;

@@ -1,0 +1,107 @@
+//! Creating the container's init through the configured runtime, with the
+//! stdio the monitor will serve: pipes (or /dev/null for stdin), or a pty.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use super::config::{MonitorConfig, RuntimeKind};
+use super::{sys, MonitorError};
+use crate::runtime::oci::{OciRuntime, OciStdio};
+use crate::runtime::{ContainerInit, InitStdio};
+
+/// The monitor's ends of the container's streams. With a TTY, `stdout` is
+/// the pty master (all output), `stdin` a second handle on it, `stderr` none.
+pub struct Streams {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+pub struct Created {
+    pub init: Box<dyn ContainerInit>,
+    pub streams: Streams,
+    /// Set for OCI runtimes, whose state must be deleted after the exit.
+    pub runtime: Option<OciRuntime>,
+}
+
+pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> {
+    match &cfg.runtime {
+        RuntimeKind::Linux => {
+            let config = cfg.bundle.join("config.json");
+            let spec = oci_spec::runtime::Spec::load(&config)
+                .map_err(|e| MonitorError::Spec { path: config, reason: e.to_string() })?;
+            let (stdio, streams) = local_stdio(cfg).map_err(MonitorError::Stdio)?;
+            let init = linux_create(&cfg.bundle, &spec, stdio, &cfg.cgroup_dirs).map_err(MonitorError::Create)?;
+            Ok(Created { init, streams, runtime: None })
+        }
+        RuntimeKind::Oci { path, root } => {
+            let runtime = OciRuntime { path: path.clone(), root: root.clone(), log: dir.join("runtime.log") };
+            if cfg.tty {
+                let created = runtime.create(&cfg.id, &cfg.bundle, dir, OciStdio::Console(dir.join("console.sock")))?;
+                let init = created.init;
+                let streams = created
+                    .console
+                    .ok_or_else(|| std::io::Error::other("the runtime sent no console"))
+                    .and_then(|master| {
+                        sys::set_default_winsize(master.as_fd())?;
+                        tty_streams(cfg, master)
+                    });
+                match streams {
+                    Ok(streams) => Ok(Created { init, streams, runtime: Some(runtime) }),
+                    Err(e) => {
+                        abandon(init.pid(), &runtime, &cfg.id);
+                        Err(MonitorError::Stdio(e))
+                    }
+                }
+            } else {
+                let (stdio, streams) = local_stdio(cfg).map_err(MonitorError::Stdio)?;
+                let created = runtime.create(&cfg.id, &cfg.bundle, dir, OciStdio::Inherit(stdio))?;
+                Ok(Created { init: created.init, streams, runtime: Some(runtime) })
+            }
+        }
+    }
+}
+
+fn linux_create(
+    bundle: &Path,
+    spec: &oci_spec::runtime::Spec,
+    stdio: InitStdio,
+    cgroup_dirs: &[PathBuf],
+) -> Result<Box<dyn ContainerInit>, String> {
+    crate::runtime::linux::create(bundle, spec, stdio, cgroup_dirs).map_err(|e| e.to_string())
+}
+
+/// A created container whose stdio could not be set up: kill it and drop its runtime state.
+fn abandon(pid: i32, runtime: &OciRuntime, id: &str) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    if let Err(e) = runtime.delete(id) {
+        eprintln!("monitor: {e}");
+    }
+}
+
+/// Stdio made by the monitor itself: a pty when `tty`, else pipes.
+fn local_stdio(cfg: &MonitorConfig) -> std::io::Result<(InitStdio, Streams)> {
+    if cfg.tty {
+        let (master, replica) = sys::pty()?;
+        let stdio = InitStdio { stdin: replica.try_clone()?, stdout: replica.try_clone()?, stderr: replica };
+        return Ok((stdio, tty_streams(cfg, master)?));
+    }
+    let (stdin, stdin_writer) = if cfg.stdin {
+        let (r, w) = sys::pipe()?;
+        (r, Some(w))
+    } else {
+        (sys::dev_null()?, None)
+    };
+    let (out_r, out_w) = sys::pipe()?;
+    let (err_r, err_w) = sys::pipe()?;
+    sys::set_nonblocking(out_r.as_fd())?;
+    sys::set_nonblocking(err_r.as_fd())?;
+    let stdio = InitStdio { stdin, stdout: out_w, stderr: err_w };
+    Ok((stdio, Streams { stdin: stdin_writer, stdout: Some(out_r), stderr: Some(err_r) }))
+}
+
+fn tty_streams(cfg: &MonitorConfig, master: OwnedFd) -> std::io::Result<Streams> {
+    sys::set_nonblocking(master.as_fd())?;
+    let stdin = if cfg.stdin { Some(master.try_clone()?) } else { None };
+    Ok(Streams { stdin, stdout: Some(master), stderr: None })
+}
