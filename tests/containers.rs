@@ -185,7 +185,19 @@ fn line(stream: &str, text: &str) -> (String, String, String) {
 async fn container_runs_logs_and_exits_with_its_code() {
     let f = Fixture::new().await;
     let (pod, pc) = f.pod("life").await;
-    let id = f.create(&pod, &pc, f.container("main", "echo out; echo err >&2; echo $$; exit 3")).await.unwrap();
+    let mut c = f.container("main", "echo out; echo err >&2; echo $$; exit 3");
+    // Its own PID namespace (the pod's shared one would make pod-init PID 1).
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = f.create(&pod, &pc, c).await.unwrap();
     let st = f.status(&id).await.unwrap();
     assert_eq!(st.state, CREATED);
     assert!(st.created_at > 0 && st.started_at == 0);
@@ -196,9 +208,11 @@ async fn container_runs_logs_and_exits_with_its_code() {
     assert_eq!(st.image.as_ref().unwrap().image, f.image);
     assert!(st.image_ref.contains("@sha256:"), "{}", st.image_ref);
     assert_eq!(st.log_path, f.log_file("life", "main").display().to_string());
-    // The workload is PID 1 of its own PID namespace (the pod doesn't share one).
+    // Order holds within a stream; the workload is PID 1 of its own PID namespace.
     let lines = log_lines(&f.log_file("life", "main"));
-    assert_eq!(lines, vec![line("stdout", "out"), line("stderr", "err"), line("stdout", "1")]);
+    let stream = |name: &str| lines.iter().filter(|l| l.0 == name).cloned().collect::<Vec<_>>();
+    assert_eq!(stream("stdout"), vec![line("stdout", "out"), line("stdout", "1")]);
+    assert_eq!(stream("stderr"), vec![line("stderr", "err")]);
     let exits =
         f.list(cri::ContainerFilter { state: Some(cri::ContainerStateValue { state: EXITED }), ..Default::default() });
     assert_eq!(exits.await.len(), 1);
@@ -223,9 +237,11 @@ async fn exec_sync_output_codes_and_timeouts() {
     // Same mount namespace as the container: it sees the file the workload wrote.
     let r = f.exec(&id, &["cat", "/tmp/ready"], 10).await.unwrap();
     assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"ready\n"[..], 0));
-    // Same PID namespace: the workload is PID 1.
-    let r = f.exec(&id, &["/bin/sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"], 10).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&r.stdout), "sleep 1000 ");
+    // Same PID namespace: the pod's, with pod-init as PID 1 and the workload in it.
+    let r = f.exec(&id, &["/bin/sh", "-c", "ps -o pid,args"], 10).await.unwrap();
+    let ps = String::from_utf8_lossy(&r.stdout);
+    assert!(ps.lines().any(|l| l.trim().starts_with("1 ") && l.contains("pod-init")), "{ps}");
+    assert!(ps.contains("sleep 1000"), "{ps}");
     // A background child that keeps the pipes open must not hold the reply.
     let r = f.exec(&id, &["/bin/sh", "-c", "sleep 300 & echo started"], 10).await.unwrap();
     assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"started\n"[..], 0));
