@@ -19,7 +19,8 @@ pub struct MonitorConfig {
     pub control_socket: PathBuf,
     /// cgroup directories the init joins before it waits (v1: one per
     /// hierarchy); empty when the daemon places it (systemd scopes). The
-    /// monitor reads the OOM-kill counter from them.
+    /// monitor reads the OOM-kill counter from them. OCI runtimes place the
+    /// init by the spec's `cgroupsPath`; these dirs should name the same cgroup.
     pub cgroup_dirs: Vec<PathBuf>,
     pub stdin: bool,
     pub stdin_once: bool,
