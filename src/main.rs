@@ -13,6 +13,7 @@ mod oci;
 mod runtime;
 mod sandbox;
 mod server;
+mod sockpath;
 mod state;
 
 use std::path::PathBuf;

@@ -127,9 +127,10 @@ pub async fn spawn_monitor(config: &MonitorConfig, config_path: &Path) -> Result
 /// Sends one control request (`start`, `reopen`) and returns the monitor's answer.
 pub async fn control(socket: &Path, request: &str) -> Result<(), String> {
     let talk = async {
-        let mut stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("cannot reach the container's monitor at {}: {e}", socket.display()))?;
+        let unreachable =
+            |e: std::io::Error| format!("cannot reach the container's monitor at {}: {e}", socket.display());
+        let short = crate::sockpath::SocketPath::new(socket).map_err(unreachable)?;
+        let mut stream = tokio::net::UnixStream::connect(short.as_path()).await.map_err(unreachable)?;
         stream.write_all(format!("{request}\n").as_bytes()).await.map_err(|e| e.to_string())?;
         let mut line = String::new();
         BufReader::new(stream).read_line(&mut line).await.map_err(|e| e.to_string())?;

@@ -105,8 +105,9 @@ pub fn bind_private(path: &Path) -> io::Result<std::os::unix::net::UnixListener>
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
+    let short = crate::sockpath::SocketPath::new(path)?;
     let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
+    let bound = std::os::unix::net::UnixListener::bind(short.as_path());
     nix::sys::stat::umask(old);
     bound
 }
