@@ -247,11 +247,27 @@ async fn exec_sync_output_codes_and_timeouts() {
     assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"started\n"[..], 0));
     let r = f.exec(&id, &["/no/such/binary"], 10).await.unwrap();
     assert_eq!(r.exit_code, 127, "stderr: {}", String::from_utf8_lossy(&r.stderr));
-    let err = f.exec(&id, &["/bin/sh", "-c", "sleep 60"], 1).await.unwrap_err();
+    // A timed-out command is killed and reaped, even where PID 1 reaps nothing.
+    let mut c = f.container("lone", "");
+    c.command = vec!["sleep".into(), "1000".into()];
+    security(
+        &mut c,
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let lone = f.create(&pod, &pc, c).await.unwrap();
+    f.start(&lone).await.unwrap();
+    let err = f.exec(&lone, &["sleep", "60"], 1).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    // The timed-out command is gone (only the workload and the background sleep remain).
-    let r = f.exec(&id, &["/bin/sh", "-c", "ps -o args | grep 'sleep 60' | grep -v grep"], 10).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&r.stdout), "");
+    let r = f.exec(&lone, &["/bin/sh", "-c", "ps -o pid,stat,comm"], 10).await.unwrap();
+    let ps = String::from_utf8_lossy(&r.stdout);
+    let sleeps: Vec<&str> = ps.lines().filter(|l| l.contains("sleep")).collect();
+    assert_eq!(sleeps.len(), 1, "{ps}");
     let stopped = f.run(&pod, &pc, "done", "true").await;
     f.wait_exit(&stopped).await;
     let err = f.exec(&stopped, &["true"], 10).await.unwrap_err();
@@ -393,5 +409,52 @@ async fn stats_update_and_log_reopen() {
     assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
     let err = rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
+    f.finish(&[&pod]).await;
+}
+
+fn security(c: &mut cri::ContainerConfig, sc: cri::LinuxContainerSecurityContext) {
+    c.linux = Some(cri::LinuxContainerConfig { security_context: Some(sc), ..Default::default() });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn security_settings_apply() {
+    let f = Fixture::new().await;
+    let (pod, pc) = f.pod("sec").await;
+    let mut c = f.container("seccomp", "grep Seccomp: /proc/self/status; chmod 400 /tmp && echo chmod-ok");
+    let profile = cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    };
+    security(&mut c, cri::LinuxContainerSecurityContext { seccomp: Some(profile), ..Default::default() });
+    let id = f.create(&pod, &pc, c).await.unwrap();
+    f.start(&id).await.unwrap();
+    assert_eq!(f.wait_exit(&id).await.exit_code, 0);
+    let text: Vec<String> = log_lines(&f.log_file("sec", "seccomp")).into_iter().map(|l| l.2).collect();
+    assert_eq!(text, ["Seccomp:\t2", "chmod-ok"]);
+
+    let mut c = f.container("user", "id -u; id -g; touch /x 2>/dev/null || echo read-only");
+    security(
+        &mut c,
+        cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1234 }),
+            readonly_rootfs: true,
+            ..Default::default()
+        },
+    );
+    let id = f.create(&pod, &pc, c).await.unwrap();
+    f.start(&id).await.unwrap();
+    f.wait_exit(&id).await;
+    let text: Vec<String> = log_lines(&f.log_file("sec", "user")).into_iter().map(|l| l.2).collect();
+    assert_eq!(text, ["1234", "1234", "read-only"]);
+    let st = f.status(&id).await.unwrap();
+    let user = st.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (1234, 1234));
+
+    let mut c = f.container("group-only", "true");
+    security(
+        &mut c,
+        cri::LinuxContainerSecurityContext { run_as_group: Some(cri::Int64Value { value: 5 }), ..Default::default() },
+    );
+    assert_eq!(f.create(&pod, &pc, c).await.unwrap_err().code(), Code::InvalidArgument);
     f.finish(&[&pod]).await;
 }

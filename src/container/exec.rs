@@ -105,8 +105,7 @@ async fn run(
         match tokio::time::timeout(Duration::from_secs(timeout_secs as u64), child.wait()).await {
             Ok(status) => status,
             Err(_) => {
-                // The helper dies with SIGKILL; its child has PDEATHSIG set and follows.
-                let _ = child.kill().await;
+                kill_command(&mut child).await;
                 readers.iter().for_each(|r| r.abort());
                 return Err(ContainerError::ExecTimeout { id: id.to_string(), secs: timeout_secs });
             }
@@ -126,4 +125,19 @@ async fn run(
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     let take = |b: Buffer| std::mem::take(&mut *b.lock().unwrap());
     Ok(ExecOutput { stdout: take(out), stderr: take(errs), exit_code })
+}
+
+/// Kills the command the helper runs, then lets the helper reap it and exit:
+/// killing the helper first would leave the command's zombie to the
+/// container's init, which may never reap it.
+async fn kill_command(helper: &mut tokio::process::Child) {
+    if let Some(pid) = helper.id() {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(2), helper.wait()).await.is_err() {
+        let _ = helper.kill().await;
+    }
 }

@@ -206,6 +206,8 @@ impl Containers {
             return Err(ContainerError::WrongState { id: st.id, state: st.phase.name(), action, needed });
         }
         let socket = self.run_dir(&st.id).join("ctl.sock");
+        // Taken before the request: a workload that exits at once must not finish before it started.
+        let started_at = state::now_nanos();
         match process::control(&socket, "start").await {
             Ok(()) => {
                 let st = self.change(&c, |s| {
@@ -213,7 +215,7 @@ impl Containers {
                     if s.phase == Phase::Created {
                         s.phase = Phase::Running;
                     }
-                    s.started_at = state::now_nanos();
+                    s.started_at = started_at;
                 })?;
                 self.publish(EventKind::Started, &st);
                 tracing::info!(container = %st.id, "container started");

@@ -36,6 +36,13 @@ pub fn resolve(
     image: &ImageConfiguration,
     sc: &LinuxContainerSecurityContext,
 ) -> Result<Identity, SpecError> {
+    // As containerd: a group alone would silently pair with the image's user.
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(SpecError::User {
+            user: String::new(),
+            reason: "runAsGroup is set without runAsUser or runAsUsername".into(),
+        });
+    }
     let spec = if !sc.run_as_username.is_empty() {
         sc.run_as_username.clone()
     } else if let Some(u) = &sc.run_as_user {

@@ -424,6 +424,7 @@ pub fn busybox_layer() -> Layer {
                 .file("bin/busybox", 0o755, &busybox)
                 .hardlink("bin/ls", "bin/busybox")
                 .hardlink("bin/cat", "bin/busybox")
+                .hardlink("bin/sleep", "bin/busybox")
                 .symlink("bin/sh", "busybox")
                 .symlink("bin/echo", "busybox")
                 .dir("etc", 0o755)

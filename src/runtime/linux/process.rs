@@ -51,6 +51,16 @@ pub fn secure(
     if let (Some(profile), true) = (process.apparmor_profile().as_deref().filter(|p| !p.is_empty()), apparmor) {
         apply_apparmor(profile)?;
     }
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    let filter = match seccomp_spec {
+        Some(spec) => Some(seccomp::compile(spec, no_new_privs).ctx("compiling seccomp profile")?),
+        None => None,
+    };
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the
+    // capability drop below may take away: load it first (as runc does).
+    if let (Some(filter), false) = (&filter, no_new_privs) {
+        filter.load().ctx("loading seccomp filter")?;
+    }
     let cwd = process.cwd().clone();
     // As root first: the user may lack search permission on the way there,
     // or (root squash) only the user may have it; try again after the switch.
@@ -78,13 +88,12 @@ pub fn secure(
     }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(user.umask().unwrap_or(0o022)));
     let program = lookup(&args[0], &env);
-    let no_new_privs = process.no_new_privileges().unwrap_or(false);
     if no_new_privs {
         nix::sys::prctl::set_no_new_privs().ctx("PR_SET_NO_NEW_PRIVS")?;
-    }
-    if let Some(spec) = seccomp_spec {
-        let filter = seccomp::compile(spec, no_new_privs).ctx("compiling seccomp profile")?;
-        filter.load().ctx("loading seccomp filter")?;
+        // As late as possible, so the filter sees few setup syscalls.
+        if let Some(filter) = &filter {
+            filter.load().ctx("loading seccomp filter")?;
+        }
     }
     Ok(Prepared { argv: cstrings(&args)?, envp: cstrings(&env)?, program })
 }
