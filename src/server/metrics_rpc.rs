@@ -4,6 +4,7 @@
 //! uses them as they are, so seconds are whole seconds (like CRI-O).
 
 use k8s_cri::v1::{ContainerMetrics, Metric, MetricDescriptor, MetricType, PodSandboxMetrics, UInt64Value};
+use MetricType::{Counter, Gauge};
 
 use crate::container::{ContainerState, ContainerStats, PodStats};
 use crate::sandbox::SandboxState;
@@ -30,8 +31,6 @@ const fn family(
 ) -> Family {
     Family { name, help, extra_labels, kind }
 }
-
-use MetricType::{Counter, Gauge};
 
 const CPU_USAGE: Family =
     family("container_cpu_usage_seconds_total", "Cumulative CPU time consumed in seconds.", &["cpu"], Counter);
@@ -235,11 +234,14 @@ mod tests {
             ips: Vec::new(),
             shm: None,
         };
-        let mut st = ContainerState {
+        let st = ContainerState {
             id: "c1".into(),
             sandbox_id: "pod1".into(),
-            config: Default::default(),
-            image_name: String::new(),
+            config: k8s_cri::v1::ContainerConfig {
+                metadata: Some(ContainerMetadata { name: "web".into(), attempt: 0 }),
+                ..Default::default()
+            },
+            image_name: "busybox:1".into(),
             image_id: String::new(),
             image_ref: String::new(),
             layers: Vec::new(),
@@ -255,18 +257,15 @@ mod tests {
             init: None,
             cgroup: None,
             log_path: None,
-            resources: None,
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                cpu_shares: 512,
+                cpu_quota: -1,
+                ..Default::default()
+            }),
             stop_signal: libc::SIGTERM,
             user: Default::default(),
         };
-        st.image_name = "busybox:1".into();
-        st.config.metadata = Some(ContainerMetadata { name: "web".into(), attempt: 0 });
-        st.resources = Some(LinuxContainerResources {
-            memory_limit_in_bytes: 64 << 20,
-            cpu_shares: 512,
-            cpu_quota: -1,
-            ..Default::default()
-        });
         let cs = ContainerStats {
             timestamp: 42,
             cgroup: cgroup::Stats {
