@@ -218,10 +218,12 @@ impl Containers {
                     s.started_at = started_at;
                 })?;
                 self.publish(EventKind::Started, &st);
+                self.counters.started(true);
                 tracing::info!(container = %st.id, "container started");
                 Ok(())
             }
             Err(reason) => {
+                self.counters.started(false);
                 // The init is gone or will be: record the failure like kubelet expects.
                 if let Some(init) = st.init {
                     let _ = init.signal(libc::SIGKILL);
@@ -390,10 +392,13 @@ impl Containers {
         }
         let exit_file = self.run_dir(&c.snapshot().id).join("exit.json");
         let record = state::read_json::<ExitRecord>(&exit_file);
+        // Counted only by the call that records the exit, so a race never counts twice.
+        let mut recorded = false;
         let result = self.change(c, |st| {
             if st.phase == Phase::Exited {
                 return;
             }
+            recorded = true;
             st.phase = Phase::Exited;
             if st.reason == START_ERROR {
                 st.finished_at = state::now_nanos();
@@ -432,6 +437,9 @@ impl Containers {
             }
         };
         c.exited.send_replace(true);
+        if recorded && st.reason == OOM_KILLED {
+            self.counters.oom_killed();
+        }
         if self.is_current(c) {
             self.publish(EventKind::Stopped, &st);
         }

@@ -23,6 +23,7 @@ use crate::cgroup::{self, CgroupPath};
 use crate::config::Config;
 use crate::ids::{self, Lookup, Names};
 use crate::image::{store::Lease, ImageError, Images};
+use crate::metrics::ContainerCounters;
 use crate::monitor::config::MonitorConfig;
 use crate::sandbox::{SandboxError, Sandboxes};
 use crate::state;
@@ -196,6 +197,7 @@ pub struct Containers {
     inner: RwLock<Inner>,
     events: tokio::sync::broadcast::Sender<ContainerEvent>,
     cpu_samples: stats::CpuSamples,
+    counters: ContainerCounters,
 }
 
 impl Containers {
@@ -206,6 +208,7 @@ impl Containers {
         images: Arc<Images>,
         sandboxes: Arc<Sandboxes>,
         cgroups: Arc<cgroup::Manager>,
+        counters: ContainerCounters,
     ) -> Result<Arc<Containers>, ContainerError> {
         let events = tokio::sync::broadcast::channel(EVENT_BUFFER).0;
         let this = Arc::new(Containers {
@@ -216,6 +219,7 @@ impl Containers {
             inner: Default::default(),
             events,
             cpu_samples: Default::default(),
+            counters,
         });
         this.recover().await?;
         Ok(this)
@@ -346,10 +350,13 @@ impl Containers {
     }
 }
 
+/// The status reason of a container the kernel's OOM killer ended.
+const OOM_KILLED: &str = "OOMKilled";
+
 /// The container's status reason for an exit, as kubelet understands it.
 fn exit_reason(code: i32, oom: bool) -> &'static str {
     match (oom, code) {
-        (true, _) => "OOMKilled",
+        (true, _) => OOM_KILLED,
         (false, 0) => "Completed",
         _ => "Error",
     }

@@ -1,5 +1,5 @@
 //! Prometheus metrics: one registry per daemon, owned by [`Metrics`] and shared as
-//! `Arc<Metrics>`. Other modules get small handles ([`PullMetrics`], [`CniMetrics`])
+//! `Arc<Metrics>`. Other modules get small handles ([`PullMetrics`], [`CniMetrics`], [`ContainerCounters`])
 //! or register a scrape-time callback, so they never depend on the server.
 
 pub mod http;
@@ -24,7 +24,10 @@ pub struct Metrics {
     pub grpc_duration: HistogramVec,
     pull: PullMetrics,
     cni: CniMetrics,
+    containers: ContainerCounters,
     sandboxes: IntGaugeVec,
+    container_states: IntGaugeVec,
+    monitors: IntGauge,
     images: IntGauge,
     /// Run before every gather: gauges read from the daemon's state at scrape time.
     refreshers: Mutex<Vec<Refresh>>,
@@ -82,6 +85,24 @@ impl Metrics {
         )
         .expect("metric");
         let images = IntGauge::new("cricket_images", "Images in the image store.").expect("metric");
+        let container_states = IntGaugeVec::new(
+            Opts::new("cricket_containers", "Containers, by state (created, running or exited)."),
+            &["state"],
+        )
+        .expect("metric");
+        let monitors = IntGauge::new(
+            "cricket_monitors",
+            "Live container monitor processes (one per container that has not exited).",
+        )
+        .expect("metric");
+        let oom_kills =
+            IntCounter::new("cricket_container_oom_kills_total", "Container exits recorded with reason OOMKilled.")
+                .expect("metric");
+        let starts = IntCounterVec::new(
+            Opts::new("cricket_container_starts_total", "StartContainer attempts, by result (success or failure)."),
+            &["result"],
+        )
+        .expect("metric");
         for c in [
             Box::new(grpc_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(grpc_duration.clone()),
@@ -92,15 +113,23 @@ impl Metrics {
             Box::new(cni_errors.clone()),
             Box::new(sandboxes.clone()),
             Box::new(images.clone()),
+            Box::new(container_states.clone()),
+            Box::new(monitors.clone()),
+            Box::new(oom_kills.clone()),
+            Box::new(starts.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
         // Both results and states exist from the start, so rates and sums have a zero to start from.
         for result in ["success", "failure"] {
             pulls.with_label_values(&[result]);
+            starts.with_label_values(&[result]);
         }
         for state in ["ready", "notready"] {
             sandboxes.with_label_values(&[state]);
+        }
+        for state in ["created", "running", "exited"] {
+            container_states.with_label_values(&[state]);
         }
         Arc::new(Metrics {
             registry,
@@ -108,7 +137,10 @@ impl Metrics {
             grpc_duration,
             pull: PullMetrics(Some(PullInner { pulls, duration: pull_duration, bytes: pull_bytes })),
             cni: CniMetrics(Some(CniInner { duration: cni_duration, errors: cni_errors })),
+            containers: ContainerCounters(Some(ContainerInner { oom_kills, starts })),
             sandboxes,
+            container_states,
+            monitors,
             images,
             refreshers: Mutex::new(Vec::new()),
         })
@@ -124,6 +156,11 @@ impl Metrics {
         self.cni.clone()
     }
 
+    /// The handle container lifecycle events report through.
+    pub fn containers(&self) -> ContainerCounters {
+        self.containers.clone()
+    }
+
     /// Runs `f` before every scrape; it sets gauges from live state.
     pub fn on_scrape(&self, f: impl Fn(&Metrics) + Send + Sync + 'static) {
         self.refreshers.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
@@ -136,6 +173,16 @@ impl Metrics {
 
     pub fn set_images(&self, count: usize) {
         self.images.set(count as i64);
+    }
+
+    pub fn set_containers(&self, created: usize, running: usize, exited: usize) {
+        for (state, n) in [("created", created), ("running", running), ("exited", exited)] {
+            self.container_states.with_label_values(&[state]).set(n as i64);
+        }
+    }
+
+    pub fn set_monitors(&self, live: usize) {
+        self.monitors.set(live as i64);
     }
 
     /// Counts one finished RPC.
@@ -216,6 +263,36 @@ impl std::fmt::Debug for CniMetrics {
     }
 }
 
+/// Container lifecycle counters; `ContainerCounters::default()` counts nothing.
+#[derive(Clone, Default)]
+pub struct ContainerCounters(Option<ContainerInner>);
+
+#[derive(Clone)]
+struct ContainerInner {
+    oom_kills: IntCounter,
+    starts: IntCounterVec,
+}
+
+impl ContainerCounters {
+    pub fn oom_killed(&self) {
+        if let Some(m) = &self.0 {
+            m.oom_kills.inc();
+        }
+    }
+
+    pub fn started(&self, success: bool) {
+        if let Some(m) = &self.0 {
+            m.starts.with_label_values(&[if success { "success" } else { "failure" }]).inc();
+        }
+    }
+}
+
+impl std::fmt::Debug for ContainerCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContainerCounters")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,9 +304,14 @@ mod tests {
         m.pull().finished(true, Duration::from_secs(2));
         m.pull().downloaded(1234);
         m.cni().plugin_ran("ADD", "bridge", Duration::from_millis(40), false);
+        m.containers().oom_killed();
+        m.containers().started(true);
+        m.containers().started(true);
         m.on_scrape(|m| {
             m.set_sandboxes(2, 1);
             m.set_images(3);
+            m.set_containers(4, 5, 6);
+            m.set_monitors(9);
         });
         let text = m.render();
         for needle in [
@@ -244,6 +326,14 @@ mod tests {
             "cricket_sandboxes{state=\"ready\"} 2",
             "cricket_sandboxes{state=\"notready\"} 1",
             "cricket_images 3",
+            "cricket_containers{state=\"created\"} 4",
+            "cricket_containers{state=\"running\"} 5",
+            "cricket_containers{state=\"exited\"} 6",
+            "cricket_monitors 9",
+            "cricket_container_oom_kills_total 1",
+            "cricket_container_starts_total{result=\"success\"} 2",
+            "cricket_container_starts_total{result=\"failure\"} 0",
+            "# TYPE cricket_container_oom_kills_total counter",
             "# TYPE cricket_image_pull_duration_seconds histogram",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
@@ -255,5 +345,7 @@ mod tests {
         PullMetrics::default().finished(false, Duration::ZERO);
         PullMetrics::default().downloaded(5);
         CniMetrics::default().plugin_ran("DEL", "x", Duration::ZERO, false);
+        ContainerCounters::default().oom_killed();
+        ContainerCounters::default().started(false);
     }
 }

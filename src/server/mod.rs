@@ -3,6 +3,7 @@
 mod container;
 mod error;
 mod image;
+mod metrics_rpc;
 mod pod;
 mod runtime;
 
@@ -19,7 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::cgroup;
 use crate::config::Config;
-use crate::container::Containers;
+use crate::container::{Containers, Phase};
 use crate::image::Images;
 use crate::metrics::{self, Metrics};
 use crate::network::Cni;
@@ -62,9 +63,10 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     let cgroups = Arc::new(cgroup::Manager::new(config.cgroup.driver, Path::new("/sys/fs/cgroup"))?);
     let cni = Arc::new(Cni::with_metrics(&config.cni, Duration::from_secs(config.cni.timeout_secs), metrics.cni()));
     let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups.clone(), cni).await?);
-    let containers = Containers::open(config.clone(), images.clone(), sandboxes.clone(), cgroups).await?;
+    let containers =
+        Containers::open(config.clone(), images.clone(), sandboxes.clone(), cgroups, metrics.containers()).await?;
     let listener = bind(&config.socket)?;
-    let _metrics_server = match serve_metrics(&config, &metrics, &images, &sandboxes).await {
+    let _metrics_server = match serve_metrics(&config, &metrics, &images, &sandboxes, &containers).await {
         Ok(server) => server,
         Err(e) => {
             let _ = std::fs::remove_file(&config.socket);
@@ -116,14 +118,20 @@ async fn serve_metrics(
     metrics: &Arc<Metrics>,
     images: &Arc<Images>,
     sandboxes: &Arc<Sandboxes>,
+    containers: &Arc<Containers>,
 ) -> Result<Option<metrics::http::MetricsServer>, ServeError> {
     let Some(addr) = config.metrics.socket_addr() else { return Ok(None) };
-    let (images, sandboxes) = (images.clone(), sandboxes.clone());
+    let (images, sandboxes, containers) = (images.clone(), sandboxes.clone(), containers.clone());
     metrics.on_scrape(move |m| {
         let states = sandboxes.list();
         let ready = states.iter().filter(|s| s.is_ready()).count();
         m.set_sandboxes(ready, states.len() - ready);
         m.set_images(images.list().len());
+        let all = containers.list();
+        let count = |phase| all.iter().filter(|c| c.phase == phase).count();
+        m.set_containers(count(Phase::Created), count(Phase::Running), count(Phase::Exited));
+        let live = all.iter().filter(|c| c.phase != Phase::Exited && c.monitor.is_some_and(|p| p.alive())).count();
+        m.set_monitors(live);
     });
     let server = metrics::http::MetricsServer::start(addr, metrics.clone())
         .await

@@ -8,7 +8,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::{container, pod};
+use super::{container, metrics_rpc, pod};
 use crate::config::{CgroupDriver as Driver, Config};
 use crate::container::Containers;
 use crate::network;
@@ -273,13 +273,20 @@ impl RuntimeService for RuntimeApi {
         &self,
         _req: Request<ListMetricDescriptorsRequest>,
     ) -> Reply<ListMetricDescriptorsResponse> {
-        Err(not_built("ListMetricDescriptors"))
+        Ok(Response::new(ListMetricDescriptorsResponse { descriptors: metrics_rpc::descriptors() }))
     }
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<ListPodSandboxMetricsRequest>,
     ) -> Reply<ListPodSandboxMetricsResponse> {
-        Err(not_built("ListPodSandboxMetrics"))
+        let mut pod_metrics = Vec::new();
+        for sb in self.sandboxes.list() {
+            match self.containers.pod_stats(&sb.id).await {
+                Ok((sb, s)) => pod_metrics.push(metrics_rpc::pod_metrics(&sb, &s)),
+                Err(e) => tracing::debug!(sandbox = %sb.id, error = %e, "no metrics for a pod removed meanwhile"),
+            }
+        }
+        Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
     }
 }
 
