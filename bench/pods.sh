@@ -166,33 +166,6 @@ netns_now() { find /run/netns -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null
 
 # --- per-pod processes and memory ---------------------------------------------
 
-kib_field() { awk -v f="$2:" '$1 == f { v = $2 } END { print v + 0 }' "$1" 2>/dev/null || echo 0; }
-rss_kib() { kib_field "/proc/$1/status" VmRSS; }
-pss_kib() { kib_field "/proc/$1/smaps_rollup" Pss; }
-
-# pids_with STRING...: processes whose command line contains every STRING
-pids_with() {
-	ps -eo pid=,args= | awk -v n=$# -v pats="$(printf '%s\n' "$@")" '
-		BEGIN { split(pats, p, "\n") }
-		{ ok = 1; for (i = 1; i <= n; i++) if (index($0, p[i]) == 0) ok = 0; if (ok && $2 != "awk") print $1 }'
-}
-
-children_of() { # pids whose parent is one of the given pids
-	[ $# -gt 0 ] || return 0
-	ps -eo pid=,ppid= | awk -v list=" $* " 'index(list, " " $2 " ") { print $1 }'
-}
-
-# sum_mem PID...: "COUNT RSS_MIB PSS_MIB"
-sum_mem() {
-	local p r=0 s=0
-	for p in "$@"; do
-		r=$((r + $(rss_kib "$p"))) s=$((s + $(pss_kib "$p")))
-	done
-	awk -v n=$# -v r="$r" -v s="$s" 'BEGIN { printf "%d %.1f %.1f", n, r / 1024, s / 1024 }'
-}
-
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-
 shims() { pids_with containerd-shim-runc-v2 "${SOCK[containerd]}"; }
 pod_inits() { pids_with pod-init "$W/cricket/"; }
 
@@ -227,7 +200,6 @@ EOF
 	echo "$f"
 }
 
-us_since() { echo $((${EPOCHREALTIME/./} - ${1/./})); } # microseconds since an EPOCHREALTIME
 
 # Each timed call appends microseconds to T_<kind>[runtime]; one `crictl version` next to it
 declare -A T_RUN T_STOP T_VER
@@ -356,26 +328,6 @@ cleanup_after_stop() {
 }
 
 # --- summary ----------------------------------------------------------------------
-
-# ms_stats "us1 us2 ..." [MINUS_US]: "median p90" in ms, each sample minus MINUS_US
-ms_stats() {
-	local med p90
-	read -r med _ p90 _ <<<"$(stats "$1")"
-	awk -v m="$med" -v p="$p90" -v d="${2:-0}" 'BEGIN { printf "%.1f %.1f", (m - d) / 1000, (p - d) / 1000 }'
-}
-
-# med_p90 "v1 v2 ...": "median p90", unscaled
-med_p90() {
-	local med p90
-	read -r med _ p90 _ <<<"$(stats "$1")"
-	echo "$med $p90"
-}
-
-# line LABEL CK_MED CK_P90 CT_MED CT_P90
-line() {
-	awk -v l="$1" -v a="$2" -v b="$3" -v c="$4" -v d="$5" 'BEGIN {
-		printf "%s: cricket median %.0f ms p90 %.0f ms, containerd median %.0f ms p90 %.0f ms, ratio %.2f\n", l, a, b, c, d, a / c }'
-}
 
 # Daemon-side RunPodSandbox times of the timed pods, ms, one per line
 cricket_log_ms() {
