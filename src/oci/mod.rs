@@ -11,7 +11,6 @@ mod host;
 mod mounts;
 mod process;
 mod resources;
-mod rootpath;
 pub mod sched;
 mod seccomp;
 mod security;

@@ -7,7 +7,7 @@ use std::path::Path;
 use k8s_cri::v1::{LinuxContainerSecurityContext, SupplementalGroupsPolicy};
 use oci_spec::image::ImageConfiguration;
 
-use super::{rootpath, SpecError};
+use super::SpecError;
 
 /// The resolved user; `additional_gids` starts with the primary gid, as containerd reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +110,8 @@ fn id(field: &str, value: i64) -> Result<u32, SpecError> {
 }
 
 fn read_db<T>(rootfs: &Path, path: &str, parse: fn(&str) -> Option<T>) -> Result<Vec<T>, SpecError> {
-    let host = rootpath::resolve(rootfs, Path::new(path)).map_err(|e| SpecError::io(format!("resolving {path}"), e))?;
+    let host = crate::rootpath::resolve_in_root(rootfs, Path::new(path))
+        .map_err(|e| SpecError::io(format!("resolving {path}"), e))?;
     match std::fs::read(&host) {
         Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).lines().filter_map(parse).collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),

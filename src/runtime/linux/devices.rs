@@ -7,8 +7,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
 
-use super::path::resolve_in_root;
 use super::step::{Step, StepResult};
+use crate::rootpath::resolve_in_root;
 
 /// (path, major, minor): what runc and crun create in every container.
 const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [

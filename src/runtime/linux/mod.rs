@@ -27,7 +27,6 @@ mod init;
 mod limits;
 mod mountopts;
 mod namespaces;
-mod path;
 mod process;
 mod rootfs;
 pub mod run_cmd;

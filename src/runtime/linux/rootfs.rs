@@ -12,8 +12,8 @@ use oci_spec::runtime::{Mount, Spec};
 use super::cgroups::Hierarchy;
 use super::devices;
 use super::mountopts::MountOptions;
-use super::path::resolve_in_root;
 use super::step::{fail, Step, StepResult};
+use crate::rootpath::resolve_in_root;
 
 const NONE: Option<&str> = None;
 
