@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::process::Proc;
 use super::*;
-use crate::sandbox::namespaces::self_exe;
+use crate::sandbox::namespaces::helper_command;
 
 /// Output kept per stream; more is dropped (kubelet caps probe output far lower).
 const MAX_OUTPUT: usize = 16 << 20;
@@ -82,7 +82,7 @@ async fn run(
     timeout_secs: i64,
 ) -> Result<ExecOutput, ContainerError> {
     let err = |reason: String| ContainerError::Exec { id: id.to_string(), reason };
-    let mut child = tokio::process::Command::new(self_exe())
+    let mut child = helper_command()
         .arg("exec")
         .arg("--pid")
         .arg(init.pid.to_string())

@@ -12,7 +12,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::monitor::config::{Handshake, MonitorConfig};
-use crate::sandbox::namespaces::{self, self_exe};
+use crate::sandbox::namespaces::{self, helper_command};
 
 /// How long a monitor may take to create the container (mounts, cgroup, seccomp).
 const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -85,7 +85,7 @@ impl Proc {
 pub async fn spawn_monitor(config: &MonitorConfig, config_path: &Path) -> Result<(Proc, Proc), String> {
     let data = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
     crate::state::write_atomic(config_path, &data).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let mut child = tokio::process::Command::new(self_exe())
+    let mut child = helper_command()
         .arg("monitor")
         .arg("--config")
         .arg(config_path)

@@ -157,7 +157,7 @@ pub async fn pin(args: &PinArgs) -> Result<Option<i32>, String> {
 }
 
 fn helper(mode: &str) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(self_exe());
+    let mut cmd = helper_command();
     cmd.arg(mode).kill_on_drop(true).stdin(std::process::Stdio::null());
     cmd
 }
@@ -246,8 +246,13 @@ fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, fields.nth(18)?.parse().ok()?))
 }
 
-pub fn self_exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+/// A command running this same binary in a helper mode. Through
+/// /proc/self/exe, so helpers match the running daemon even after its file
+/// was replaced (a package upgrade) or removed; `ps` shows them as `cricket`.
+pub fn helper_command() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg0("cricket");
+    cmd
 }
 
 #[cfg(test)]
