@@ -458,3 +458,33 @@ async fn security_settings_apply() {
     assert_eq!(f.create(&pod, &pc, c).await.unwrap_err().code(), Code::InvalidArgument);
     f.finish(&[&pod]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bidirectional_mounts_reach_the_host() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let f = Fixture::new().await;
+    let (pod, pc) = f.pod("prop").await;
+    let host = tempdir();
+    let src = host.path().join("mnt");
+    std::fs::create_dir_all(src.join("inner")).unwrap();
+    mount(Some(&src), &src, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).unwrap();
+    mount(None::<&str>, &src, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>).unwrap();
+    let mut c = f.container("prop", "exec sleep 1000");
+    c.mounts = vec![cri::Mount {
+        container_path: "/vol".into(),
+        host_path: src.display().to_string(),
+        propagation: cri::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    security(&mut c, cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() });
+    let id = f.create(&pod, &pc, c).await.unwrap();
+    f.start(&id).await.unwrap();
+    let r = f.exec(&id, &["/bin/sh", "-c", "mount --bind /etc /vol/inner"], 10).await.unwrap();
+    let seen = std::fs::read_dir(src.join("inner")).unwrap().count();
+    let info = f.exec(&id, &["cat", "/proc/self/mountinfo"], 10).await.unwrap();
+    let _ = umount2(&src.join("inner"), MntFlags::MNT_DETACH);
+    let _ = umount2(&src, MntFlags::MNT_DETACH);
+    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(seen > 0, "the container's mount did not reach the host:\n{}", String::from_utf8_lossy(&info.stdout));
+    f.finish(&[&pod]).await;
+}

@@ -33,8 +33,14 @@ pub struct RootfsContext<'a> {
 /// Everything before pivot_root; `ctx.root` is the host path of the rootfs.
 pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> StepResult {
     let linux = spec.linux().clone().unwrap_or_default();
-    // No mount event of the container reaches the host, whatever rootfsPropagation asks.
-    mount(NONE, "/", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE).ctx("making / rslave")?;
+    // rslave unless rootfsPropagation asks otherwise: bidirectional (rshared)
+    // volumes must stay peers of the host's mounts, as with runc.
+    let flags = propagation_flags(&linux)?.unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    mount(NONE, "/", NONE, flags, NONE).ctx("setting the propagation of /")?;
+    // pivot_root refuses a new root whose parent mount is shared; private also
+    // keeps the rootfs bind below from propagating anywhere.
+    let parent = containing_mount(ctx.root)?;
+    mount(NONE, &parent, NONE, MsFlags::MS_PRIVATE, NONE).with(|| format!("making {} private", parent.display()))?;
     mount(Some(ctx.root), ctx.root, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
         .with(|| format!("binding rootfs {}", ctx.root.display()))?;
     let mounts = spec.mounts().clone().unwrap_or_default();
@@ -196,11 +202,17 @@ fn io_errno(e: std::io::Error) -> nix::errno::Errno {
 
 /// Makes `root` the process's "/" and drops the old root from the namespace.
 pub fn pivot(root: &Path) -> StepResult {
+    let old_root = std::fs::File::open("/").ctx("opening the old root")?;
     nix::unistd::chdir(root).ctx("chdir to rootfs")?;
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching
     // it then leaves only the new root, without needing a directory for the old.
     nix::unistd::pivot_root(".", ".").ctx("pivot_root")?;
+    // Work on the old root explicitly: "." may still be the new one.
+    nix::unistd::fchdir(std::os::fd::AsRawFd::as_raw_fd(&old_root)).ctx("fchdir to the old root")?;
+    // With a shared "/", detaching the old root would unmount the host's mounts too.
+    mount(NONE, ".", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE).ctx("making the old root rslave")?;
     umount2(".", MntFlags::MNT_DETACH).ctx("detaching the old root")?;
+    drop(old_root);
     nix::unistd::chdir("/").ctx("chdir /")?;
     Ok(())
 }
@@ -217,17 +229,33 @@ pub fn finalize(spec: &Spec) -> StepResult {
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
         remount_bind(Path::new("/"), MsFlags::MS_RDONLY).ctx("remounting / readonly")?;
     }
-    if let Some(prop) = linux.rootfs_propagation() {
-        let flags = match prop.as_str() {
-            "shared" | "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
-            "slave" | "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            "private" | "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            "unbindable" | "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-            other => return fail(format!("rootfsPropagation {other:?} is not a propagation mode")),
-        };
-        mount(NONE, "/", NONE, flags, NONE).with(|| format!("rootfsPropagation {prop}"))?;
+    if let Some(flags) = propagation_flags(&linux)? {
+        mount(NONE, "/", NONE, flags, NONE).ctx("applying rootfsPropagation")?;
     }
     Ok(())
+}
+
+fn propagation_flags(linux: &oci_spec::runtime::Linux) -> StepResult<Option<MsFlags>> {
+    let Some(prop) = linux.rootfs_propagation() else { return Ok(None) };
+    Ok(Some(match prop.as_str() {
+        "shared" | "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" | "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "private" | "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "unbindable" | "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        other => return fail(format!("rootfsPropagation {other:?} is not a propagation mode")),
+    }))
+}
+
+/// The mount point of the mount `path` is on (the longest mount point above it).
+fn containing_mount(path: &Path) -> StepResult<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ctx("reading /proc/self/mountinfo")?;
+    let best = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| path.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len());
+    Ok(best.unwrap_or_else(|| PathBuf::from("/")))
 }
 
 fn readonly_path(path: &Path) -> StepResult {
