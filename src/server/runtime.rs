@@ -9,7 +9,7 @@ use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::{container, metrics_rpc, pod};
-use crate::config::{CgroupDriver as Driver, Config};
+use crate::config::{CgroupDriver as Driver, Config, HandlerKind};
 use crate::container::Containers;
 use crate::network;
 use crate::sandbox::Sandboxes;
@@ -47,11 +47,15 @@ impl RuntimeApi {
     fn handlers(&self) -> Vec<RuntimeHandler> {
         self.config
             .runtimes
-            .keys()
-            .map(|name| RuntimeHandler {
+            .iter()
+            .map(|(name, handler)| RuntimeHandler {
                 // CRI names the default handler with the empty string.
                 name: if name == "default" { String::new() } else { name.clone() },
-                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+                features: Some(RuntimeHandlerFeatures {
+                    // The built-in executor makes mounts read-only recursively with mount_setattr.
+                    recursive_read_only_mounts: handler.kind == HandlerKind::Linux,
+                    user_namespaces: false,
+                }),
             })
             .collect()
     }
@@ -99,7 +103,7 @@ impl RuntimeService for RuntimeApi {
             status: Some(RuntimeStatus { conditions }),
             info,
             runtime_handlers: self.handlers(),
-            features: Some(RuntimeFeatures { supplemental_groups_policy: false }),
+            features: Some(RuntimeFeatures { supplemental_groups_policy: true }),
         }))
     }
 
