@@ -274,7 +274,14 @@ impl Manager {
         }
         // systemd leaves what it does not manage (v1 cpuset, sub-cgroups we made).
         let mut first_err = None;
-        for dir in self.fs_paths(path) {
+        let mut dirs = self.fs_paths(path);
+        // Hybrid hosts: OCI runtimes (runc) also make the cgroup in the controller-less v2 tree.
+        if let (Layout::V1(hs), Ok(rel)) = (&self.layout, self.rel(path)) {
+            if let Some(root) = hs.first().and_then(|h| h.mount.parent()) {
+                dirs.push(root.join("unified").join(rel));
+            }
+        }
+        for dir in dirs.into_iter().filter(|d| d.exists()) {
             if let Err(e) = fs::remove_tree(&dir).await {
                 first_err.get_or_insert(e);
             }

@@ -14,6 +14,8 @@
 #
 # Environment:
 #   FOCUS                 regex for -ginkgo.focus
+#   HANDLER=PATH          run every pod on an OCI runtime handler (e.g. /usr/sbin/runc)
+#                         instead of the built-in executor
 #   CRICKET_BIN           use this cricket binary instead of building one
 #   CRITEST_REGISTRY_DIR  registry storage kept across runs (default: temp)
 #   KEEP=1                keep the work directory (config, logs, reports)
@@ -361,6 +363,9 @@ log "CNI network $NET_NAME: bridge $BRIDGE, $SUBNET"
 		printf '[registries.hosts."%s"]\nmirrors = ["http://%s"]\nmirrors_only = true\n\n' "$host" "$REGISTRY"
 	done
 	printf '[cni]\nconf_dir = "%s"\nbin_dirs = ["/usr/lib/cni"]\n' "$W/cni/net.d"
+	if [ -n "${HANDLER:-}" ]; then
+		printf '\n[runtimes.oci]\ntype = "oci"\npath = "%s"\n' "$HANDLER"
+	fi
 } >"$W/cricket.toml"
 printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 60\n' "$SOCK" "$SOCK" >"$W/crictl.yaml"
 
@@ -386,6 +391,7 @@ args=(
 )
 for re in "${skips[@]}"; do args+=("-ginkgo.skip=$re"); done
 [ -z "${FOCUS:-}" ] || args+=("-ginkgo.focus=$FOCUS")
+[ -z "${HANDLER:-}" ] || args+=(-runtime-handler=oci)
 log "critest ${FOCUS:+(focus: $FOCUS) }with ${#skips[@]} skip(s) from skip.txt; log: $W/critest.log"
 # In the background, so a SIGTERM to this script is handled at once (cleanup
 # interrupts critest first, giving it ginkgo's grace period for its own).
