@@ -248,6 +248,12 @@ impl Containers {
         }
     }
 
+    /// The container's OCI spec (its bundle's config.json), for verbose status.
+    pub fn spec_of(&self, id: &str) -> Option<serde_json::Value> {
+        let path = self.state_dir(id).join("config.json");
+        state::read_json(&path).ok().flatten()
+    }
+
     pub fn list(&self) -> Vec<ContainerState> {
         self.inner.read().unwrap().containers.values().map(|c| c.snapshot()).collect()
     }

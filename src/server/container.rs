@@ -50,9 +50,10 @@ pub fn status(st: &ContainerState) -> ContainerStatus {
     }
 }
 
-/// Verbose info as crictl inspect shows it: pid, sandbox, runtime details.
-pub fn info(st: &ContainerState) -> HashMap<String, String> {
+/// Verbose info as crictl inspect shows it: pid, sandbox, runtime details and the OCI spec.
+pub fn info(st: &ContainerState, spec: Option<serde_json::Value>) -> HashMap<String, String> {
     let doc = serde_json::json!({
+        "runtimeSpec": spec,
         "pid": st.init.map(|p| p.pid),
         "monitorPid": st.monitor.map(|p| p.pid),
         "sandboxID": st.sandbox_id,

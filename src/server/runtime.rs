@@ -181,7 +181,7 @@ impl RuntimeService for RuntimeApi {
     async fn container_status(&self, req: Request<ContainerStatusRequest>) -> Reply<ContainerStatusResponse> {
         let req = req.get_ref();
         let st = self.containers.get(&req.container_id)?.snapshot();
-        let info = if req.verbose { container::info(&st) } else { HashMap::new() };
+        let info = if req.verbose { container::info(&st, self.containers.spec_of(&st.id)) } else { HashMap::new() };
         Ok(Response::new(ContainerStatusResponse { status: Some(container::status(&st)), info }))
     }
     async fn update_container_resources(
