@@ -14,6 +14,7 @@ mod runtime;
 mod sandbox;
 mod server;
 mod state;
+mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -24,6 +24,7 @@ use crate::image::Images;
 use crate::metrics::{self, Metrics};
 use crate::network::Cni;
 use crate::sandbox::Sandboxes;
+use crate::streaming::StreamingServer;
 
 const MAX_MESSAGE: usize = 16 << 20;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -44,6 +45,8 @@ pub enum ServeError {
     Containers(#[from] crate::container::ContainerError),
     #[error("metrics endpoint {address}: {source}")]
     Metrics { address: String, source: std::io::Error },
+    #[error("streaming server {address}: {source}")]
+    Streaming { address: String, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -63,6 +66,12 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     let cni = Arc::new(Cni::with_metrics(&config.cni, Duration::from_secs(config.cni.timeout_secs), metrics.cni()));
     let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups.clone(), cni).await?);
     let containers = Containers::open(config.clone(), images.clone(), sandboxes.clone(), cgroups).await?;
+    let streaming = match config.streaming.socket_addr() {
+        Some(addr) => StreamingServer::start(addr, containers.clone()).await,
+        None => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a socket address")),
+    }
+    .map_err(|source| ServeError::Streaming { address: config.streaming.address.clone(), source })?;
+    tracing::info!(address = %streaming.local_addr(), "streaming server for Exec listening");
     let listener = bind(&config.socket)?;
     let _metrics_server = match serve_metrics(&config, &metrics, &images, &sandboxes).await {
         Ok(server) => server,
@@ -72,9 +81,10 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
         }
     };
 
-    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes, containers))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let runtime =
+        RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes, containers, Arc::new(streaming)))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(image::ImageApi::new(images))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

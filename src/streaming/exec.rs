@@ -1,0 +1,243 @@
+//! An exec session over SPDY: gather the client's streams, run the command
+//! through the `cricket exec` helper (on a pty when asked), pump the streams,
+//! and report how it ended on the error stream.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::ExecRequest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::protocol::{Exit, Protocol};
+use super::pty;
+use super::session::{Sender, Session, Stream};
+use crate::container::Containers;
+
+/// How long the client has to open all the streams it needs.
+pub const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the command exits, how long its output may still drain.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Streams {
+    error: Option<Stream>,
+    stdin: Option<Stream>,
+    stdout: Option<Stream>,
+    stderr: Option<Stream>,
+    resize: Option<Stream>,
+}
+
+impl Streams {
+    fn complete(&self, req: &ExecRequest, protocol: Protocol) -> bool {
+        let resize = req.tty && protocol >= Protocol::V3;
+        self.error.is_some()
+            && (!req.stdin || self.stdin.is_some())
+            && (!req.stdout || self.stdout.is_some())
+            && (!req.stderr || req.tty || self.stderr.is_some())
+            && (!resize || self.resize.is_some())
+    }
+
+    fn add(&mut self, stream: Stream) {
+        let slot = match stream.headers.get("streamtype") {
+            Some("error") => &mut self.error,
+            Some("stdin") => &mut self.stdin,
+            Some("stdout") => &mut self.stdout,
+            Some("stderr") => &mut self.stderr,
+            Some("resize") => &mut self.resize,
+            other => {
+                tracing::debug!(stream = stream.id, kind = ?other, "ignoring a stream of unknown type");
+                return;
+            }
+        };
+        *slot = Some(stream);
+    }
+}
+
+pub async fn serve(mut session: Session, protocol: Protocol, req: ExecRequest, containers: Arc<Containers>) {
+    let mut streams = Streams::default();
+    let gathered = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
+        while !streams.complete(&req, protocol) {
+            match session.streams.recv().await {
+                Some(stream) => streams.add(stream),
+                None => return false,
+            }
+        }
+        true
+    })
+    .await;
+    if gathered != Ok(true) {
+        tracing::info!(container = %req.container_id, "exec: the client did not open its streams; closing");
+        return session.finish().await;
+    }
+    let sender = session.sender.clone();
+    let exit = run(&mut session, &mut streams, &req, &containers).await;
+    if let Some(exit) = exit {
+        let error = streams.error.as_ref().map(|s| s.id).expect("gathered");
+        if let Some(report) = protocol.exit_report(&exit) {
+            sender.data(error, report).await;
+        }
+        sender.finish(error).await;
+    }
+    session.finish().await;
+}
+
+/// Runs the command; None when the client went away (the command is killed).
+async fn run(session: &mut Session, streams: &mut Streams, req: &ExecRequest, containers: &Containers) -> Option<Exit> {
+    let mut prepared = match containers.prepare_exec(&req.container_id, req.cmd.clone(), req.tty) {
+        Ok(p) => p,
+        Err(e) => return Some(Exit::Error(e.to_string())),
+    };
+    let sender = session.sender.clone();
+    let stdout_id = streams.stdout.as_ref().map(|s| s.id);
+    let stderr_id = streams.stderr.as_ref().map(|s| s.id);
+    let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+    let mut inputs: Vec<JoinHandle<()>> = Vec::new();
+    let child = if req.tty {
+        let (master, replica) = match pty::open() {
+            Ok(p) => p,
+            Err(e) => return Some(Exit::Error(format!("cannot open a terminal: {e}"))),
+        };
+        let stdio = || replica.try_clone().map(Stdio::from);
+        let spawned = match (stdio(), stdio(), stdio()) {
+            (Ok(i), Ok(o), Ok(e)) => prepared.command.stdin(i).stdout(o).stderr(e).spawn(),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        };
+        drop(replica);
+        let spawned = match spawned {
+            Ok(child) => child,
+            Err(e) => return Some(Exit::Error(format!("cannot start the exec helper: {e}"))),
+        };
+        let master = Arc::new(master);
+        if let Some(id) = stdout_id {
+            let m = master.clone();
+            let out = sender.clone();
+            pumps.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 << 10];
+                while let Ok(n) = m.read(&mut buf).await {
+                    if n == 0 || !out.data(id, buf[..n].to_vec()).await {
+                        break;
+                    }
+                }
+            }));
+        }
+        if let Some(stdin) = streams.stdin.take() {
+            let m = master.clone();
+            inputs.push(tokio::spawn(async move {
+                let mut data = stdin.data;
+                while let Some(chunk) = data.recv().await {
+                    if m.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        if let Some(resize) = streams.resize.take() {
+            inputs.push(tokio::spawn(resize_loop(resize.data, master)));
+        }
+        Ok(spawned)
+    } else {
+        let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+        let spawned = prepared
+            .command
+            .stdin(piped(streams.stdin.is_some()))
+            .stdout(piped(stdout_id.is_some()))
+            .stderr(piped(stderr_id.is_some()))
+            .spawn();
+        spawned
+    };
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Some(Exit::Error(format!("cannot start the exec helper: {e}"))),
+    };
+    if !req.tty {
+        if let (Some(id), Some(out)) = (stdout_id, child.stdout.take()) {
+            pumps.push(tokio::spawn(pump(out, id, sender.clone())));
+        }
+        if let (Some(id), Some(err)) = (stderr_id, child.stderr.take()) {
+            pumps.push(tokio::spawn(pump(err, id, sender.clone())));
+        }
+        if let (Some(stdin), Some(mut to)) = (streams.stdin.take(), child.stdin.take()) {
+            inputs.push(tokio::spawn(async move {
+                let mut data = stdin.data;
+                while let Some(chunk) = data.recv().await {
+                    if to.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                // Dropping `to` closes the command's stdin: the client half-closed.
+            }));
+        }
+    }
+    let mut closed = session.closed.clone();
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = async { drop(closed.wait_for(|c| *c).await) } => {
+            tracing::info!(container = %req.container_id, "exec client went away; killing the command");
+            let _ = child.kill().await;
+            inputs.iter().chain(&pumps).for_each(|t| t.abort());
+            return None;
+        }
+    };
+    inputs.iter().for_each(|t| t.abort());
+    for pump in pumps {
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(DRAIN_GRACE, pump).await.is_err() {
+            abort.abort();
+        }
+    }
+    for id in [stdout_id, stderr_id].into_iter().flatten() {
+        sender.finish(id).await;
+    }
+    Some(match status {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            Exit::Code(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        }
+        Err(e) => Exit::Error(format!("waiting for the exec helper: {e}")),
+    })
+}
+
+async fn pump(mut from: impl AsyncRead + Unpin, stream: u32, to: Sender) {
+    let mut buf = vec![0u8; 32 << 10];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || !to.data(stream, buf[..n].to_vec()).await {
+            break;
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TerminalSize {
+    width: u16,
+    height: u16,
+}
+
+/// The resize stream carries a sequence of JSON objects: {"Width":80,"Height":24}.
+async fn resize_loop(mut data: mpsc::Receiver<Vec<u8>>, master: Arc<pty::Master>) {
+    let mut buf = Vec::new();
+    while let Some(chunk) = data.recv().await {
+        buf.extend_from_slice(&chunk);
+        let mut sizes = serde_json::Deserializer::from_slice(&buf).into_iter::<TerminalSize>();
+        let mut used = 0;
+        while let Some(size) = sizes.next() {
+            match size {
+                Ok(size) => {
+                    used = sizes.byte_offset();
+                    if let Err(e) = master.resize(size.width, size.height) {
+                        tracing::debug!("exec terminal resize: {e}");
+                    }
+                }
+                Err(e) if e.is_eof() => break,
+                Err(e) => {
+                    tracing::debug!("exec resize stream: {e}; ignoring the rest");
+                    return;
+                }
+            }
+        }
+        buf.drain(..used);
+    }
+}

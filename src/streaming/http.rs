@@ -1,0 +1,124 @@
+//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1; every
+//! other path, and unknown or used tokens, get 404.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use super::protocol::{Protocol, SUPPORTED};
+use super::session::Session;
+use super::tokens::{Pending, Tokens};
+use crate::container::Containers;
+
+/// Sessions running at once; more get 503 (each holds a helper process).
+pub const MAX_SESSIONS: usize = 64;
+/// A session in which nothing moves this long is closed (kubelet's default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+
+pub struct Context {
+    pub tokens: Tokens,
+    pub containers: Arc<Containers>,
+    pub sessions: Arc<Semaphore>,
+}
+
+pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
+    // Owned here, so aborting this task aborts the connections too.
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("streaming server: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(respond(&ctx, req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "streaming connection: {e}");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let token = match req.uri().path().strip_prefix("/exec/") {
+        Some(t) if !t.is_empty() && !t.contains('/') && matches!(*req.method(), Method::GET | Method::POST) => t,
+        _ => return text(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    let Ok(permit) = ctx.sessions.clone().try_acquire_owned() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_SESSIONS} streaming sessions are running\n"));
+    };
+    let Some(Pending::Exec(exec)) = ctx.tokens.take(token) else {
+        return text(StatusCode::NOT_FOUND, "unknown or expired streaming token\n".into());
+    };
+    let spdy = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("SPDY/3.1")));
+    if !spdy {
+        return text(StatusCode::BAD_REQUEST, "this endpoint needs `Upgrade: SPDY/3.1`\n".into());
+    }
+    let offered = req.headers().get_all(PROTOCOL_HEADER).iter().filter_map(|v| v.to_str().ok());
+    let Some(protocol) = Protocol::negotiate(offered) else {
+        let ours: Vec<&str> = SUPPORTED.iter().map(|(n, _)| *n).collect();
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("no common stream protocol; this server speaks {}\n", ours.join(", ")),
+        );
+    };
+    tokio::spawn(upgraded(req, protocol, exec, ctx.containers.clone(), permit));
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let headers = resp.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol.name()));
+    resp
+}
+
+async fn upgraded(
+    req: Request<Incoming>,
+    protocol: Protocol,
+    exec: k8s_cri::v1::ExecRequest,
+    containers: Arc<Containers>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let io = match hyper::upgrade::on(req).await {
+        Ok(io) => TokioIo::new(io),
+        Err(e) => return tracing::debug!("streaming upgrade failed: {e}"),
+    };
+    tracing::debug!(container = %exec.container_id, protocol = protocol.name(), "exec session started");
+    super::exec::serve(Session::start(io, IDLE_TIMEOUT), protocol, exec, containers).await;
+}

@@ -1,0 +1,366 @@
+//! End-to-end tests of the Exec streaming server: `cricket serve` with a
+//! busybox container, driven by a small SPDY/3.1 client built on the
+//! daemon's own framing module, and by crictl when it is installed.
+
+mod common;
+
+#[path = "../src/streaming/spdy/mod.rs"]
+#[allow(dead_code)]
+mod spdy;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use spdy::{Frame, HeaderCompressor, HeaderDecompressor, Headers, FLAG_FIN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Code;
+
+const CRICTL: &str = "/usr/local/bin/crictl";
+
+struct Fixture {
+    _registry: Registry,
+    net: TestNet,
+    d: Daemon,
+    pod: String,
+    id: String,
+    _logs: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let registry = Registry::start().await;
+        let host = registry.host();
+        registry.push_image("busybox", "1", &Image::new(vec![busybox_layer()])).await;
+        let net = TestNet::new();
+        let d = Daemon::start_with_net(&net, &insecure(&host)).await;
+        let image = format!("{host}/busybox:1");
+        d.pull(&image).await.expect("pull busybox");
+        let logs = tempdir();
+        let mut pc = pod_config("streaming");
+        pc.log_directory = logs.path().display().to_string();
+        let pod = d.run_pod(pc.clone(), "").await.expect("RunPodSandbox");
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image, ..Default::default() }),
+            command: vec!["/bin/sh".into(), "-c".into(), "sleep 1000".into()],
+            log_path: "main.log".into(),
+            ..Default::default()
+        };
+        let req =
+            cri::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(config), sandbox_config: Some(pc) };
+        let id = d.runtime().await.create_container(req).await.expect("CreateContainer").into_inner().container_id;
+        let req = cri::StartContainerRequest { container_id: id.clone() };
+        d.runtime().await.start_container(req).await.expect("StartContainer");
+        Fixture { _registry: registry, net, d, pod, id, _logs: logs }
+    }
+
+    async fn exec_url(&self, req: cri::ExecRequest) -> Result<String, tonic::Status> {
+        self.d.runtime().await.exec(req).await.map(|r| r.into_inner().url)
+    }
+
+    fn request(&self, cmd: &[&str], stdin: bool, tty: bool) -> cri::ExecRequest {
+        cri::ExecRequest {
+            container_id: self.id.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        }
+    }
+
+    async fn finish(self) {
+        self.d.remove_pod(&self.pod).await.expect("RemovePodSandbox");
+        let helpers = self.d.helper_pids();
+        assert!(helpers.is_empty(), "monitors or helpers left: {helpers:?}");
+        drop(self.d);
+        self.net.finish();
+    }
+}
+
+/// Sends the upgrade request; the HTTP status and the connection.
+async fn upgrade(url: &str, protocols: &[&str]) -> (u16, String, TcpStream) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut conn = TcpStream::connect(host).await.unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n"
+    );
+    for p in protocols {
+        head.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(conn.read(&mut byte).await.unwrap(), 1, "connection closed in the response head");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8(got).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, conn)
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    error: Vec<u8>,
+    replies: usize,
+    go_away: bool,
+}
+
+impl Outcome {
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.error)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.error)))
+    }
+}
+
+/// A client in the way client-go's remotecommand v4 is: error stream first,
+/// then stdin, stdout, stderr (resize with a terminal); stdin is sent then
+/// half-closed; frames are read until the server closes.
+struct Client {
+    conn: TcpStream,
+    compressor: HeaderCompressor,
+    next_id: u32,
+    ids: HashMap<&'static str, u32>,
+}
+
+impl Client {
+    async fn open(conn: TcpStream, kinds: &[&'static str]) -> Client {
+        let mut c = Client { conn, compressor: HeaderCompressor::default(), next_id: 1, ids: HashMap::new() };
+        for kind in kinds {
+            let headers = Headers(vec![("streamType".into(), kind.to_string())]);
+            let header_block = c.compressor.compress(&headers);
+            let frame =
+                Frame::SynStream { stream_id: c.next_id, associated_to: 0, priority: 0, flags: 0, header_block };
+            c.send(frame).await;
+            c.ids.insert(kind, c.next_id);
+            c.next_id += 2;
+        }
+        c
+    }
+
+    async fn send(&mut self, frame: Frame) {
+        self.conn.write_all(&frame.encode()).await.unwrap();
+    }
+
+    async fn write(&mut self, kind: &str, data: &[u8], fin: bool) {
+        let stream_id = self.ids[kind];
+        self.send(Frame::Data { stream_id, flags: if fin { FLAG_FIN } else { 0 }, data: data.to_vec() }).await;
+    }
+
+    async fn collect(mut self) -> Outcome {
+        let mut out = Outcome::default();
+        let mut decompressor = HeaderDecompressor::default();
+        let by_id: HashMap<u32, &str> = self.ids.iter().map(|(k, v)| (*v, *k)).collect();
+        let mut buf = Vec::new();
+        let read_all = async {
+            loop {
+                while let Some((frame, used)) = Frame::parse(&buf).unwrap() {
+                    buf.drain(..used);
+                    match frame {
+                        Frame::SynReply { header_block, .. } => {
+                            decompressor.decompress(&header_block).unwrap();
+                            out.replies += 1;
+                        }
+                        Frame::Data { stream_id, data, .. } => match by_id[&stream_id] {
+                            "stdout" => out.stdout.extend(data),
+                            "stderr" => out.stderr.extend(data),
+                            "error" => out.error.extend(data),
+                            other => panic!("data on the {other} stream"),
+                        },
+                        Frame::GoAway { .. } => out.go_away = true,
+                        Frame::WindowUpdate { .. } => {}
+                        other => panic!("unexpected frame {other:?}"),
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                match self.conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read_all).await.expect("the session did not end");
+        out
+    }
+}
+
+async fn run_exec(f: &Fixture, cmd: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    let url = f.exec_url(f.request(cmd, stdin.is_some(), false)).await.expect("Exec");
+    let (status, head, conn) = upgrade(&url, &["v4.channel.k8s.io", "v3.channel.k8s.io"]).await;
+    assert_eq!(status, 101, "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-stream-protocol-version: v4.channel.k8s.io"), "{head}");
+    let kinds: &[&str] =
+        if stdin.is_some() { &["error", "stdin", "stdout", "stderr"] } else { &["error", "stdout", "stderr"] };
+    let mut client = Client::open(conn, kinds).await;
+    if let Some(input) = stdin {
+        client.write("stdin", input, true).await;
+    }
+    let out = client.collect().await;
+    assert_eq!(out.replies, kinds.len(), "every stream gets a SYN_REPLY");
+    assert!(out.go_away, "the server says GOAWAY");
+    out
+}
+
+fn crictl(socket: &Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(CRICTL)
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_streams_output_input_and_exit_status() {
+    let f = Fixture::new().await;
+
+    let out = run_exec(&f, &["sh", "-c", "echo out; echo err >&2"], None).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(out.status(), serde_json::json!({"metadata": {}, "status": "Success"}));
+
+    let out = run_exec(&f, &["sh", "-c", "echo bye; exit 3"], None).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bye\n");
+    let status = out.status();
+    assert_eq!(status["status"], "Failure");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0], serde_json::json!({"reason": "ExitCode", "message": "3"}));
+
+    let out = run_exec(&f, &["no-such-command"], None).await;
+    assert_eq!(out.status()["details"]["causes"][0]["message"], "127");
+
+    // Input reaches the command and its half-close is the command's EOF.
+    let input = b"hello\nworld\n".repeat(5000);
+    let out = run_exec(&f, &["cat"], Some(&input)).await;
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "cat echoed something else");
+    assert_eq!(out.status()["status"], "Success");
+
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_on_a_terminal_applies_resizes() {
+    let f = Fixture::new().await;
+    let url = f.exec_url(f.request(&["sh", "-c", "read x; stty size; echo got $x"], true, true)).await.unwrap();
+    let (status, head, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(status, 101, "{head}");
+    let mut client = Client::open(conn, &["error", "stdin", "stdout", "resize"]).await;
+    client.write("resize", br#"{"Width":100,"Height":40}"#, false).await;
+    // The resize is applied before the line that makes the shell look.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.write("stdin", b"line\n", false).await;
+    let out = client.collect().await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("40 100\r\n"), "{text:?}");
+    assert!(text.contains("got line\r\n"), "{text:?}");
+    assert_eq!(out.status()["status"], "Success");
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn urls_are_single_use_and_requests_are_checked() {
+    let f = Fixture::new().await;
+    let url = f.exec_url(f.request(&["sh", "-c", "true"], false, false)).await.unwrap();
+    let (status, _, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(status, 101);
+    let out = Client::open(conn, &["error", "stdout", "stderr"]).await.collect().await;
+    assert_eq!(out.status()["status"], "Success");
+    let (status, _, _) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(status, 404, "a used token is refused");
+
+    let base = &url[..url.rfind('/').unwrap()];
+    assert_eq!(upgrade(&format!("{base}/bm9uc2Vuc2U"), &[]).await.0, 404, "unknown token");
+    let root = &url[..url.find("/exec/").unwrap()];
+    assert_eq!(upgrade(&format!("{root}/attach/x"), &[]).await.0, 404);
+
+    // No protocol in common: refused.
+    let url = f.exec_url(f.request(&["sh", "-c", "true"], false, false)).await.unwrap();
+    assert_eq!(upgrade(&url, &["v9.example.com"]).await.0, 403);
+
+    let mut bad = f.request(&["sh"], false, false);
+    bad.cmd.clear();
+    assert_eq!(f.exec_url(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut bad = f.request(&["sh"], false, true);
+    bad.stderr = true;
+    assert_eq!(f.exec_url(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut bad = f.request(&["sh"], false, false);
+    (bad.stdout, bad.stderr) = (false, false);
+    assert_eq!(f.exec_url(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut bad = f.request(&["sh"], false, false);
+    bad.container_id = "nonexistent".into();
+    assert_eq!(f.exec_url(bad).await.unwrap_err().code(), Code::NotFound);
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_takes_its_command_along() {
+    let f = Fixture::new().await;
+    let url = f.exec_url(f.request(&["sh", "-c", "sleep 997"], false, false)).await.unwrap();
+    let (status, _, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(status, 101);
+    let client = Client::open(conn, &["error", "stdout", "stderr"]).await;
+    let running = || async {
+        let req = cri::ExecSyncRequest {
+            container_id: f.id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "ps".into()],
+            timeout: 10,
+        };
+        let out = f.d.runtime().await.exec_sync(req).await.unwrap().into_inner();
+        String::from_utf8_lossy(&out.stdout).contains("sleep 997")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !running().await {
+        assert!(std::time::Instant::now() < deadline, "the exec never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running().await {
+        assert!(std::time::Instant::now() < deadline, "the command outlived its client");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_exec_works() {
+    if !Path::new(CRICTL).exists() {
+        eprintln!("skipping: {CRICTL} is not installed");
+        return;
+    }
+    let f = Fixture::new().await;
+    let socket = f.d.socket.clone();
+    let id = f.id.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let echo = crictl(&socket, &["exec", &id, "sh", "-c", "echo hi; echo oops >&2"], b"");
+        let cat = crictl(&socket, &["exec", "-i", &id, "cat"], b"from stdin\n");
+        let failed = crictl(&socket, &["exec", &id, "sh", "-c", "exit 4"], b"");
+        (echo, cat, failed)
+    })
+    .await
+    .unwrap();
+    let (echo, cat, failed) = out;
+    assert!(echo.status.success(), "{}", String::from_utf8_lossy(&echo.stderr));
+    assert_eq!(String::from_utf8_lossy(&echo.stdout), "hi\n");
+    assert!(String::from_utf8_lossy(&echo.stderr).contains("oops"));
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "from stdin\n", "{}", String::from_utf8_lossy(&cat.stderr));
+    let why = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{why}");
+    assert!(why.contains("command terminated with exit code 4"), "{why}");
+    f.finish().await;
+}
