@@ -364,3 +364,51 @@ async fn crictl_exec_works() {
     assert!(why.contains("command terminated with exit code 4"), "{why}");
     f.finish().await;
 }
+
+/// Runs an exec over WebSocket: sends `stdin` on channel 0 (then, in v5, the
+/// close of channel 0) and collects the messages per channel until the close.
+async fn ws_exec(url: &str, subprotocol: &str, stdin: Option<&[u8]>) -> HashMap<u8, Vec<u8>> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let rest = url.strip_prefix("http://").unwrap();
+    let host = &rest[..rest.find('/').unwrap()];
+    let mut request = format!("ws://{rest}").into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", subprotocol.parse().unwrap());
+    let tcp = TcpStream::connect(host).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(request, tcp).await.expect("WebSocket handshake");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], subprotocol);
+    if let Some(input) = stdin {
+        let mut message = vec![0u8];
+        message.extend_from_slice(input);
+        ws.send(Message::Binary(message.into())).await.unwrap();
+        ws.send(Message::Binary(vec![255u8, 0].into())).await.unwrap();
+    }
+    let mut channels: HashMap<u8, Vec<u8>> = HashMap::new();
+    let read = async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Binary(data) = message {
+                channels.entry(data[0]).or_default().extend_from_slice(&data[1..]);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the WebSocket session did not end");
+    channels
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_over_websocket() {
+    let f = Fixture::new().await;
+    let url = f.exec_url(f.request(&["cat"], true, false)).await.unwrap();
+    let got = ws_exec(&url, "v5.channel.k8s.io", Some(b"over websocket\n")).await;
+    assert_eq!(String::from_utf8_lossy(&got[&1]), "over websocket\n");
+    let status: serde_json::Value = serde_json::from_slice(&got[&3]).unwrap();
+    assert_eq!(status["status"], "Success");
+
+    let url = f.exec_url(f.request(&["sh", "-c", "echo err >&2; exit 2"], false, false)).await.unwrap();
+    let got = ws_exec(&url, "v4.channel.k8s.io", None).await;
+    assert_eq!(String::from_utf8_lossy(&got[&2]), "err\n");
+    let status: serde_json::Value = serde_json::from_slice(&got[&3]).unwrap();
+    assert_eq!(status["details"]["causes"][0]["message"], "2");
+    f.finish().await;
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_cri::v1::ExecRequest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::protocol::{Exit, Protocol};
@@ -73,8 +73,15 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: ExecRequest, c
         return session.finish().await;
     }
     let sender = session.sender.clone();
-    let exit = run(&mut session, &mut streams, &req, &containers).await;
-    if let Some(exit) = exit {
+    let output = |s: &Option<Stream>| s.as_ref().map(|s| Output::Spdy(sender.clone(), s.id));
+    let io = Io {
+        stdout: output(&streams.stdout),
+        stderr: output(&streams.stderr),
+        stdin: streams.stdin.take().map(|s| s.data),
+        resize: streams.resize.take().map(|s| s.data),
+        closed: session.closed.clone(),
+    };
+    if let Some(exit) = run(io, &req, &containers).await {
         let error = streams.error.as_ref().map(|s| s.id).expect("gathered");
         if let Some(report) = protocol.exit_report(&exit) {
             sender.data(error, report).await;
@@ -84,15 +91,46 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: ExecRequest, c
     session.finish().await;
 }
 
+/// Where a command's output goes: a SPDY stream, or a channel of a WebSocket.
+#[derive(Clone)]
+pub enum Output {
+    Spdy(Sender, u32),
+    Channel(mpsc::Sender<(u8, Vec<u8>)>, u8),
+}
+
+impl Output {
+    /// False once the client is gone.
+    async fn data(&self, data: Vec<u8>) -> bool {
+        match self {
+            Output::Spdy(sender, id) => sender.data(*id, data).await,
+            Output::Channel(sender, channel) => sender.send((*channel, data)).await.is_ok(),
+        }
+    }
+
+    async fn finish(&self) {
+        // WebSocket channels end with the connection.
+        if let Output::Spdy(sender, id) = self {
+            sender.finish(*id).await;
+        }
+    }
+}
+
+/// A session's streams, whatever the transport.
+pub struct Io {
+    pub stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    pub resize: Option<mpsc::Receiver<Vec<u8>>>,
+    pub stdout: Option<Output>,
+    pub stderr: Option<Output>,
+    /// Becomes true when the client is gone.
+    pub closed: watch::Receiver<bool>,
+}
+
 /// Runs the command; None when the client went away (the command is killed).
-async fn run(session: &mut Session, streams: &mut Streams, req: &ExecRequest, containers: &Containers) -> Option<Exit> {
+pub async fn run(mut io: Io, req: &ExecRequest, containers: &Containers) -> Option<Exit> {
     let mut prepared = match containers.prepare_exec(&req.container_id, req.cmd.clone(), req.tty) {
         Ok(p) => p,
         Err(e) => return Some(Exit::Error(e.to_string())),
     };
-    let sender = session.sender.clone();
-    let stdout_id = streams.stdout.as_ref().map(|s| s.id);
-    let stderr_id = streams.stderr.as_ref().map(|s| s.id);
     let mut pumps: Vec<JoinHandle<()>> = Vec::new();
     let mut inputs: Vec<JoinHandle<()>> = Vec::new();
     let child = if req.tty {
@@ -111,22 +149,20 @@ async fn run(session: &mut Session, streams: &mut Streams, req: &ExecRequest, co
             Err(e) => return Some(Exit::Error(format!("cannot start the exec helper: {e}"))),
         };
         let master = Arc::new(master);
-        if let Some(id) = stdout_id {
+        if let Some(out) = io.stdout.clone() {
             let m = master.clone();
-            let out = sender.clone();
             pumps.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 32 << 10];
                 while let Ok(n) = m.read(&mut buf).await {
-                    if n == 0 || !out.data(id, buf[..n].to_vec()).await {
+                    if n == 0 || !out.data(buf[..n].to_vec()).await {
                         break;
                     }
                 }
             }));
         }
-        if let Some(stdin) = streams.stdin.take() {
+        if let Some(mut data) = io.stdin.take() {
             let m = master.clone();
             inputs.push(tokio::spawn(async move {
-                let mut data = stdin.data;
                 while let Some(chunk) = data.recv().await {
                     if m.write_all(&chunk).await.is_err() {
                         break;
@@ -134,17 +170,17 @@ async fn run(session: &mut Session, streams: &mut Streams, req: &ExecRequest, co
                 }
             }));
         }
-        if let Some(resize) = streams.resize.take() {
-            inputs.push(tokio::spawn(resize_loop(resize.data, master)));
+        if let Some(resize) = io.resize.take() {
+            inputs.push(tokio::spawn(resize_loop(resize, master)));
         }
         Ok(spawned)
     } else {
         let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
         let spawned = prepared
             .command
-            .stdin(piped(streams.stdin.is_some()))
-            .stdout(piped(stdout_id.is_some()))
-            .stderr(piped(stderr_id.is_some()))
+            .stdin(piped(io.stdin.is_some()))
+            .stdout(piped(io.stdout.is_some()))
+            .stderr(piped(io.stderr.is_some()))
             .spawn();
         spawned
     };
@@ -153,15 +189,14 @@ async fn run(session: &mut Session, streams: &mut Streams, req: &ExecRequest, co
         Err(e) => return Some(Exit::Error(format!("cannot start the exec helper: {e}"))),
     };
     if !req.tty {
-        if let (Some(id), Some(out)) = (stdout_id, child.stdout.take()) {
-            pumps.push(tokio::spawn(pump(out, id, sender.clone())));
+        if let (Some(to), Some(from)) = (io.stdout.clone(), child.stdout.take()) {
+            pumps.push(tokio::spawn(pump(from, to)));
         }
-        if let (Some(id), Some(err)) = (stderr_id, child.stderr.take()) {
-            pumps.push(tokio::spawn(pump(err, id, sender.clone())));
+        if let (Some(to), Some(from)) = (io.stderr.clone(), child.stderr.take()) {
+            pumps.push(tokio::spawn(pump(from, to)));
         }
-        if let (Some(stdin), Some(mut to)) = (streams.stdin.take(), child.stdin.take()) {
+        if let (Some(mut data), Some(mut to)) = (io.stdin.take(), child.stdin.take()) {
             inputs.push(tokio::spawn(async move {
-                let mut data = stdin.data;
                 while let Some(chunk) = data.recv().await {
                     if to.write_all(&chunk).await.is_err() {
                         break;
@@ -171,7 +206,7 @@ async fn run(session: &mut Session, streams: &mut Streams, req: &ExecRequest, co
             }));
         }
     }
-    let mut closed = session.closed.clone();
+    let mut closed = io.closed.clone();
     let status = tokio::select! {
         status = child.wait() => status,
         () = async { drop(closed.wait_for(|c| *c).await) } => {
@@ -188,8 +223,8 @@ async fn run(session: &mut Session, streams: &mut Streams, req: &ExecRequest, co
             abort.abort();
         }
     }
-    for id in [stdout_id, stderr_id].into_iter().flatten() {
-        sender.finish(id).await;
+    for out in [&io.stdout, &io.stderr].into_iter().flatten() {
+        out.finish().await;
     }
     Some(match status {
         Ok(status) => {
@@ -200,10 +235,10 @@ async fn run(session: &mut Session, streams: &mut Streams, req: &ExecRequest, co
     })
 }
 
-async fn pump(mut from: impl AsyncRead + Unpin, stream: u32, to: Sender) {
+async fn pump(mut from: impl AsyncRead + Unpin, to: Output) {
     let mut buf = vec![0u8; 32 << 10];
     while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 || !to.data(stream, buf[..n].to_vec()).await {
+        if n == 0 || !to.data(buf[..n].to_vec()).await {
             break;
         }
     }

@@ -1,4 +1,4 @@
-//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1; every
+//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1 or WebSocket; every
 //! other path, and unknown or used tokens, get 404.
 
 use std::convert::Infallible;
@@ -14,10 +14,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::protocol::{Protocol, SUPPORTED};
 use super::session::Session;
 use super::tokens::{Pending, Tokens};
+use super::ws;
 use crate::container::Containers;
 
 /// Sessions running at once; more get 503 (each holds a helper process).
@@ -82,13 +84,20 @@ fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let Some(Pending::Exec(exec)) = ctx.tokens.take(token) else {
         return text(StatusCode::NOT_FOUND, "unknown or expired streaming token\n".into());
     };
-    let spdy = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("SPDY/3.1")));
-    if !spdy {
-        return text(StatusCode::BAD_REQUEST, "this endpoint needs `Upgrade: SPDY/3.1`\n".into());
+    let upgrade = |name: &str| {
+        req.headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(name)))
+    };
+    if upgrade("websocket") {
+        return websocket(ctx, req, exec, permit);
+    }
+    if !upgrade("SPDY/3.1") {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this endpoint needs `Upgrade: SPDY/3.1` or `Upgrade: websocket`\n".into(),
+        );
     }
     let offered = req.headers().get_all(PROTOCOL_HEADER).iter().filter_map(|v| v.to_str().ok());
     let Some(protocol) = Protocol::negotiate(offered) else {
@@ -121,4 +130,39 @@ async fn upgraded(
     };
     tracing::debug!(container = %exec.container_id, protocol = protocol.name(), "exec session started");
     super::exec::serve(Session::start(io, IDLE_TIMEOUT), protocol, exec, containers).await;
+}
+
+fn websocket(
+    ctx: &Arc<Context>,
+    req: Request<Incoming>,
+    exec: k8s_cri::v1::ExecRequest,
+    permit: OwnedSemaphorePermit,
+) -> Response<Full<Bytes>> {
+    let headers = req.headers();
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
+    let version_13 = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let (Some(accept), true) = (key, version_13) else {
+        return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs Sec-WebSocket-Key and version 13\n".into());
+    };
+    let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
+    let Some(subprotocol) = ws::negotiate(offered) else {
+        let ours = ws::SUBPROTOCOLS.join(", ");
+        return text(StatusCode::FORBIDDEN, format!("no common WebSocket subprotocol; this server speaks {ours}\n"));
+    };
+    let containers = ctx.containers.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        match hyper::upgrade::on(req).await {
+            Ok(io) => ws::serve(io, subprotocol, exec, containers).await,
+            Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
+        }
+    });
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let headers = resp.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
+    resp
 }

@@ -1,5 +1,5 @@
 //! Streaming for the CRI Exec RPC: an HTTP server handing out single-use URLs
-//! that clients upgrade to SPDY/3.1 to talk to a process in a container.
+//! that clients upgrade to SPDY/3.1 or WebSocket to talk to a process in a container.
 
 mod exec;
 mod http;
@@ -8,6 +8,7 @@ mod pty;
 mod session;
 pub mod spdy;
 mod tokens;
+mod ws;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
