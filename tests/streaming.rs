@@ -25,6 +25,8 @@ struct Fixture {
     net: TestNet,
     d: Daemon,
     pod: String,
+    pod_config: cri::PodSandboxConfig,
+    image: String,
     id: String,
     _logs: tempfile::TempDir,
 }
@@ -44,17 +46,20 @@ impl Fixture {
         let pod = d.run_pod(pc.clone(), "").await.expect("RunPodSandbox");
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
-            image: Some(cri::ImageSpec { image, ..Default::default() }),
+            image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
             command: vec!["/bin/sh".into(), "-c".into(), "sleep 1000".into()],
             log_path: "main.log".into(),
             ..Default::default()
         };
-        let req =
-            cri::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(config), sandbox_config: Some(pc) };
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(pc.clone()),
+        };
         let id = d.runtime().await.create_container(req).await.expect("CreateContainer").into_inner().container_id;
         let req = cri::StartContainerRequest { container_id: id.clone() };
         d.runtime().await.start_container(req).await.expect("StartContainer");
-        Fixture { _registry: registry, net, d, pod, id, _logs: logs }
+        Fixture { _registry: registry, net, d, pod, pod_config: pc, image, id, _logs: logs }
     }
 
     async fn exec_url(&self, req: cri::ExecRequest) -> Result<String, tonic::Status> {
@@ -112,6 +117,8 @@ struct Outcome {
     error: Vec<u8>,
     replies: usize,
     go_away: bool,
+    /// Streams the server half-closed, in order.
+    fins: Vec<&'static str>,
 }
 
 impl Outcome {
@@ -135,15 +142,20 @@ impl Client {
     async fn open(conn: TcpStream, kinds: &[&'static str]) -> Client {
         let mut c = Client { conn, compressor: HeaderCompressor::default(), next_id: 1, ids: HashMap::new() };
         for kind in kinds {
-            let headers = Headers(vec![("streamType".into(), kind.to_string())]);
-            let header_block = c.compressor.compress(&headers);
-            let frame =
-                Frame::SynStream { stream_id: c.next_id, associated_to: 0, priority: 0, flags: 0, header_block };
-            c.send(frame).await;
-            c.ids.insert(kind, c.next_id);
-            c.next_id += 2;
+            c.syn(kind, &[]).await;
         }
         c
+    }
+
+    /// Opens a stream of `kind` with more headers; a later one of the same kind replaces it here.
+    async fn syn(&mut self, kind: &'static str, extra: &[(&str, &str)]) {
+        let mut headers = vec![("streamType".to_string(), kind.to_string())];
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let header_block = self.compressor.compress(&Headers(headers));
+        let frame = Frame::SynStream { stream_id: self.next_id, associated_to: 0, priority: 0, flags: 0, header_block };
+        self.send(frame).await;
+        self.ids.insert(kind, self.next_id);
+        self.next_id += 2;
     }
 
     async fn send(&mut self, frame: Frame) {
@@ -155,7 +167,12 @@ impl Client {
         self.send(Frame::Data { stream_id, flags: if fin { FLAG_FIN } else { 0 }, data: data.to_vec() }).await;
     }
 
-    async fn collect(mut self) -> Outcome {
+    async fn collect(self) -> Outcome {
+        self.collect_until(|_| false).await.0
+    }
+
+    /// Reads frames until the server closes or `done` holds.
+    async fn collect_until(mut self, done: impl Fn(&Outcome) -> bool) -> (Outcome, Client) {
         let mut out = Outcome::default();
         let mut decompressor = HeaderDecompressor::default();
         let by_id: HashMap<u32, &str> = self.ids.iter().map(|(k, v)| (*v, *k)).collect();
@@ -169,15 +186,23 @@ impl Client {
                             decompressor.decompress(&header_block).unwrap();
                             out.replies += 1;
                         }
-                        Frame::Data { stream_id, data, .. } => match by_id[&stream_id] {
-                            "stdout" => out.stdout.extend(data),
-                            "stderr" => out.stderr.extend(data),
-                            "error" => out.error.extend(data),
-                            other => panic!("data on the {other} stream"),
-                        },
+                        Frame::Data { stream_id, data, flags } => {
+                            match by_id.get(&stream_id).copied().unwrap_or("stale") {
+                                // Streams of an earlier port forward attempt.
+                                "stale" => {}
+                                kind if flags & FLAG_FIN != 0 && data.is_empty() => out.fins.push(kind),
+                                "stdout" | "data" => out.stdout.extend(data),
+                                "stderr" => out.stderr.extend(data),
+                                "error" => out.error.extend(data),
+                                other => panic!("data on the {other} stream"),
+                            }
+                        }
                         Frame::GoAway { .. } => out.go_away = true,
                         Frame::WindowUpdate { .. } => {}
                         other => panic!("unexpected frame {other:?}"),
+                    }
+                    if done(&out) {
+                        return;
                     }
                 }
                 let mut chunk = [0u8; 4096];
@@ -188,7 +213,7 @@ impl Client {
             }
         };
         tokio::time::timeout(Duration::from_secs(30), read_all).await.expect("the session did not end");
-        out
+        (out, self)
     }
 }
 
@@ -410,5 +435,72 @@ async fn exec_over_websocket() {
     assert_eq!(String::from_utf8_lossy(&got[&2]), "err\n");
     let status: serde_json::Value = serde_json::from_slice(&got[&3]).unwrap();
     assert_eq!(status["details"]["causes"][0]["message"], "2");
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_reaches_a_port_in_the_pod() {
+    let f = Fixture::new().await;
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "echo".into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: f.image.clone(), ..Default::default() }),
+        command: vec!["/bin/sh".into(), "-c".into(), "nc -ll -p 8080 -e cat".into()],
+        log_path: "echo.log".into(),
+        ..Default::default()
+    };
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: f.pod.clone(),
+        config: Some(config),
+        sandbox_config: Some(f.pod_config.clone()),
+    };
+    let rt = f.d.runtime().await;
+    let id = rt.clone().create_container(req).await.expect("CreateContainer").into_inner().container_id;
+    rt.clone().start_container(cri::StartContainerRequest { container_id: id }).await.expect("StartContainer");
+    let forward = |port: i32| {
+        let mut rt = rt.clone();
+        let pod = f.pod.clone();
+        async move {
+            let req = cri::PortForwardRequest { pod_sandbox_id: pod, port: vec![port] };
+            rt.port_forward(req).await.map(|r| r.into_inner().url)
+        }
+    };
+    let url = forward(8080).await.expect("PortForward");
+    assert!(url.contains("/portforward/"), "{url}");
+    let (status, head, conn) = upgrade(&url, &["portforward.k8s.io"]).await;
+    assert_eq!(status, 101, "{head}");
+    let mut client = Client::open(conn, &[]).await;
+    // nc may not listen yet: each attempt is a request of its own on one connection.
+    let mut echoed = false;
+    for attempt in 0..50 {
+        let request = attempt.to_string();
+        let headers = [("port", "8080"), ("requestID", request.as_str())];
+        client.syn("error", &headers).await;
+        client.syn("data", &headers).await;
+        client.write("data", b"ping\n", false).await;
+        let (out, back) = client.collect_until(|o| o.stdout.ends_with(b"ping\n") || !o.error.is_empty()).await;
+        client = back;
+        if out.stdout.ends_with(b"ping\n") {
+            client.write("data", b"", true).await;
+            let (out, _) = client.collect_until(|o| o.fins.contains(&"data") && o.fins.contains(&"error")).await;
+            assert!(out.error.is_empty(), "{}", String::from_utf8_lossy(&out.error));
+            echoed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(echoed, "the echo server in the pod never answered");
+
+    let url = forward(1).await.unwrap();
+    let (_, _, conn) = upgrade(&url, &["portforward.k8s.io"]).await;
+    let mut client = Client::open(conn, &[]).await;
+    client.syn("error", &[("port", "1"), ("requestID", "0")]).await;
+    client.syn("data", &[("port", "1"), ("requestID", "0")]).await;
+    let (out, _) = client.collect_until(|o| o.fins.contains(&"error")).await;
+    assert!(String::from_utf8_lossy(&out.error).contains("connecting to port 1 in the pod"), "{out:?}");
+
+    let bad = cri::PortForwardRequest { pod_sandbox_id: f.pod.clone(), port: vec![70000] };
+    assert_eq!(rt.clone().port_forward(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    let missing = cri::PortForwardRequest { pod_sandbox_id: "nonexistent".into(), port: vec![80] };
+    assert_eq!(rt.clone().port_forward(missing).await.unwrap_err().code(), Code::NotFound);
     f.finish().await;
 }

@@ -67,7 +67,7 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups.clone(), cni).await?);
     let containers = Containers::open(config.clone(), images.clone(), sandboxes.clone(), cgroups).await?;
     let streaming = match config.streaming.socket_addr() {
-        Some(addr) => StreamingServer::start(addr, containers.clone()).await,
+        Some(addr) => StreamingServer::start(addr, containers.clone(), sandboxes.clone()).await,
         None => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a socket address")),
     }
     .map_err(|source| ServeError::Streaming { address: config.streaming.address.clone(), source })?;

@@ -212,8 +212,9 @@ impl RuntimeService for RuntimeApi {
     async fn attach(&self, _req: Request<AttachRequest>) -> Reply<AttachResponse> {
         Err(not_built("Attach"))
     }
-    async fn port_forward(&self, _req: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
-        Err(not_built("PortForward"))
+    async fn port_forward(&self, req: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
+        let url = self.streaming.port_forward(req.into_inner())?;
+        Ok(Response::new(PortForwardResponse { url }))
     }
     async fn container_stats(&self, req: Request<ContainerStatsRequest>) -> Reply<ContainerStatsResponse> {
         let (st, stats) = self.containers.stats(&req.get_ref().container_id).await?;

@@ -1,4 +1,5 @@
-//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1 or WebSocket; every
+//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1 or WebSocket,
+//! `/portforward/<token>` to SPDY/3.1; every
 //! other path, and unknown or used tokens, get 404.
 
 use std::convert::Infallible;
@@ -16,11 +17,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::portforward;
 use super::protocol::{Protocol, SUPPORTED};
 use super::session::Session;
 use super::tokens::{Pending, Tokens};
 use super::ws;
 use crate::container::Containers;
+use crate::sandbox::Sandboxes;
 
 /// Sessions running at once; more get 503 (each holds a helper process).
 pub const MAX_SESSIONS: usize = 64;
@@ -31,6 +34,7 @@ const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 pub struct Context {
     pub tokens: Tokens,
     pub containers: Arc<Containers>,
+    pub sandboxes: Arc<Sandboxes>,
     pub sessions: Arc<Semaphore>,
 }
 
@@ -74,15 +78,23 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let token = match req.uri().path().strip_prefix("/exec/") {
-        Some(t) if !t.is_empty() && !t.contains('/') && matches!(*req.method(), Method::GET | Method::POST) => t,
+    let path = req.uri().path();
+    let (kind, token) = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+        Some((kind @ ("exec" | "portforward"), t)) if !t.is_empty() && !t.contains('/') => (kind, t),
         _ => return text(StatusCode::NOT_FOUND, "not found\n".into()),
     };
+    if !matches!(*req.method(), Method::GET | Method::POST) {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    }
     let Ok(permit) = ctx.sessions.clone().try_acquire_owned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_SESSIONS} streaming sessions are running\n"));
     };
-    let Some(Pending::Exec(exec)) = ctx.tokens.take(token) else {
-        return text(StatusCode::NOT_FOUND, "unknown or expired streaming token\n".into());
+    let exec = match (kind, ctx.tokens.take(token)) {
+        ("exec", Some(Pending::Exec(exec))) => exec,
+        ("portforward", Some(Pending::PortForward { sandbox, netns })) => {
+            return port_forward(req, sandbox, netns, permit)
+        }
+        _ => return text(StatusCode::NOT_FOUND, "unknown or expired streaming token\n".into()),
     };
     let upgrade = |name: &str| {
         req.headers()
@@ -164,5 +176,47 @@ fn websocket(
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
     headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
+    resp
+}
+
+fn port_forward(
+    req: Request<Incoming>,
+    sandbox: String,
+    netns: Option<std::path::PathBuf>,
+    permit: OwnedSemaphorePermit,
+) -> Response<Full<Bytes>> {
+    let spdy = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("SPDY/3.1")));
+    if !spdy {
+        return text(StatusCode::BAD_REQUEST, "port forwarding needs `Upgrade: SPDY/3.1`\n".into());
+    }
+    let offered: Vec<&str> = req
+        .headers()
+        .get_all(PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if !offered.is_empty() && !offered.contains(&portforward::PROTOCOL) {
+        let message = format!("no common stream protocol; this server speaks {}\n", portforward::PROTOCOL);
+        return text(StatusCode::FORBIDDEN, message);
+    }
+    tokio::spawn(async move {
+        let _permit = permit;
+        match hyper::upgrade::on(req).await {
+            Ok(io) => portforward::serve(Session::start(TokioIo::new(io), IDLE_TIMEOUT), netns, sandbox).await,
+            Err(e) => tracing::debug!("port forward upgrade failed: {e}"),
+        }
+    });
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let headers = resp.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(portforward::PROTOCOL));
     resp
 }

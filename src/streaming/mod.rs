@@ -1,8 +1,9 @@
-//! Streaming for the CRI Exec RPC: an HTTP server handing out single-use URLs
+//! Streaming for the CRI Exec and PortForward RPCs: an HTTP server handing out single-use URLs
 //! that clients upgrade to SPDY/3.1 or WebSocket to talk to a process in a container.
 
 mod exec;
 mod http;
+mod portforward;
 mod protocol;
 mod pty;
 mod session;
@@ -14,11 +15,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::ExecRequest;
+use k8s_cri::v1::{ExecRequest, PortForwardRequest};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::container::{ContainerError, Containers};
+use crate::sandbox::namespaces::NsKind;
+use crate::sandbox::{SandboxError, Sandboxes};
 use tokens::{Pending, Tokens, TooManyPending};
 
 /// How long a URL handed out by Exec stays valid.
@@ -31,6 +34,12 @@ pub enum StreamingError {
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("pod sandbox {0} is not ready")]
+    NotReady(String),
+    #[error("port {0} is out of range 1-65535")]
+    BadPort(i32),
+    #[error(transparent)]
     Busy(#[from] TooManyPending),
 }
 
@@ -39,6 +48,9 @@ impl From<StreamingError> for tonic::Status {
         match e {
             StreamingError::Invalid(m) => tonic::Status::invalid_argument(m),
             StreamingError::Container(e) => e.into(),
+            StreamingError::Sandbox(e) => e.into(),
+            StreamingError::NotReady(_) => tonic::Status::failed_precondition(e.to_string()),
+            StreamingError::BadPort(_) => tonic::Status::invalid_argument(e.to_string()),
             StreamingError::Busy(e) => tonic::Status::resource_exhausted(e.to_string()),
         }
     }
@@ -53,12 +65,17 @@ pub struct StreamingServer {
 
 impl StreamingServer {
     /// Binds `addr` (port 0: one the OS picks) and serves in a task.
-    pub async fn start(addr: SocketAddr, containers: Arc<Containers>) -> std::io::Result<StreamingServer> {
+    pub async fn start(
+        addr: SocketAddr,
+        containers: Arc<Containers>,
+        sandboxes: Arc<Sandboxes>,
+    ) -> std::io::Result<StreamingServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let ctx = Arc::new(http::Context {
             tokens: Tokens::new(TOKEN_TTL),
             containers,
+            sandboxes,
             sessions: Arc::new(tokio::sync::Semaphore::new(http::MAX_SESSIONS)),
         });
         let task = tokio::spawn(http::accept_loop(listener, ctx.clone()));
@@ -83,6 +100,20 @@ impl StreamingServer {
         self.ctx.containers.check_exec(&req.container_id, &req.cmd)?;
         let token = self.ctx.tokens.insert(Pending::Exec(req))?;
         Ok(format!("http://{}/exec/{token}", self.url_host()))
+    }
+
+    /// Checks a PortForward request and returns the URL its client connects to.
+    pub fn port_forward(&self, req: PortForwardRequest) -> Result<String, StreamingError> {
+        if let Some(port) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(StreamingError::BadPort(*port));
+        }
+        let st = self.ctx.sandboxes.get(&req.pod_sandbox_id)?.snapshot();
+        if !st.is_ready() {
+            return Err(StreamingError::NotReady(st.id));
+        }
+        let netns = st.namespaces.get(&NsKind::Net).cloned();
+        let token = self.ctx.tokens.insert(Pending::PortForward { sandbox: st.id, netns })?;
+        Ok(format!("http://{}/portforward/{token}", self.url_host()))
     }
 
     /// The address as clients should dial it: a wildcard bind is reached on loopback.

@@ -1,6 +1,7 @@
 //! Single-use tokens naming a pending streaming request, valid for a minute.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,11 @@ pub const MAX_PENDING: usize = 1000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pending {
     Exec(ExecRequest),
+    /// A pod's port forwarding: its id and pinned network namespace (None: the host's).
+    PortForward {
+        sandbox: String,
+        netns: Option<PathBuf>,
+    },
 }
 
 pub struct Tokens {
