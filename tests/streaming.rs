@@ -62,6 +62,26 @@ impl Fixture {
         Fixture { _registry: registry, net, d, pod, pod_config: pc, image, id, _logs: logs }
     }
 
+    /// Runs another container in the pod; its id.
+    async fn run(&self, name: &str, script: &str) -> String {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: self.image.clone(), ..Default::default() }),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        };
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: self.pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(self.pod_config.clone()),
+        };
+        let mut rt = self.d.runtime().await;
+        let id = rt.create_container(req).await.expect("CreateContainer").into_inner().container_id;
+        rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.expect("StartContainer");
+        id
+    }
+
     async fn exec_url(&self, req: cri::ExecRequest) -> Result<String, tonic::Status> {
         self.d.runtime().await.exec(req).await.map(|r| r.into_inner().url)
     }
@@ -380,13 +400,52 @@ async fn crictl_exec_works() {
     .await
     .unwrap();
     let (echo, cat, failed) = out;
+    let why = String::from_utf8_lossy(&failed.stderr);
     assert!(echo.status.success(), "{}", String::from_utf8_lossy(&echo.stderr));
     assert_eq!(String::from_utf8_lossy(&echo.stdout), "hi\n");
     assert!(String::from_utf8_lossy(&echo.stderr).contains("oops"));
     assert_eq!(String::from_utf8_lossy(&cat.stdout), "from stdin\n", "{}", String::from_utf8_lossy(&cat.stderr));
-    let why = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(1), "{why}");
     assert!(why.contains("command terminated with exit code 4"), "{why}");
+
+    // A terminal: `script` gives crictl one, so `-t` is honoured.
+    let cmd = format!(
+        "{CRICTL} --runtime-endpoint unix://{} exec -it {} sh -c 'test -t 0 && test -t 1 && echo on-a-terminal'",
+        f.d.socket.display(),
+        f.id
+    );
+    let tty = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{text} {}", String::from_utf8_lossy(&tty.stderr));
+    assert!(text.contains("on-a-terminal"), "{text}");
+
+    f.run("echo", "nc -ll -p 8080 -e cat").await;
+    let port = free_port();
+    let mut forward = std::process::Command::new(CRICTL)
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", f.d.socket.display()))
+        .args(["port-forward", &f.pod, &format!("{port}:8080")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut echoed = String::new();
+    for _ in 0..50 {
+        if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)).await {
+            conn.write_all(b"via crictl\n").await.unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await {
+                echoed = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if !echoed.is_empty() {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(echoed, "via crictl\n");
     f.finish().await;
 }
 
@@ -441,21 +500,8 @@ async fn exec_over_websocket() {
 #[tokio::test(flavor = "multi_thread")]
 async fn port_forward_reaches_a_port_in_the_pod() {
     let f = Fixture::new().await;
-    let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: "echo".into(), attempt: 0 }),
-        image: Some(cri::ImageSpec { image: f.image.clone(), ..Default::default() }),
-        command: vec!["/bin/sh".into(), "-c".into(), "nc -ll -p 8080 -e cat".into()],
-        log_path: "echo.log".into(),
-        ..Default::default()
-    };
-    let req = cri::CreateContainerRequest {
-        pod_sandbox_id: f.pod.clone(),
-        config: Some(config),
-        sandbox_config: Some(f.pod_config.clone()),
-    };
+    f.run("echo", "nc -ll -p 8080 -e cat").await;
     let rt = f.d.runtime().await;
-    let id = rt.clone().create_container(req).await.expect("CreateContainer").into_inner().container_id;
-    rt.clone().start_container(cri::StartContainerRequest { container_id: id }).await.expect("StartContainer");
     let forward = |port: i32| {
         let mut rt = rt.clone();
         let pod = f.pod.clone();
