@@ -5,19 +5,20 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+use super::exec::STREAM_CREATION_TIMEOUT;
 use super::session::{Sender, Session, Stream};
 
 pub const PROTOCOL: &str = "portforward.k8s.io";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
 struct Pair {
+    opened: Instant,
     error: Option<Stream>,
     data: Option<Stream>,
 }
@@ -26,17 +27,30 @@ struct Pair {
 pub async fn serve(mut session: Session, netns: Option<PathBuf>, sandbox: String) {
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     let mut forwards = JoinSet::new();
+    let mut prune = tokio::time::interval(STREAM_CREATION_TIMEOUT / 4);
     loop {
         let stream = tokio::select! {
             s = session.streams.recv() => s,
             Some(_) = forwards.join_next(), if !forwards.is_empty() => continue,
+            _ = prune.tick() => {
+                // A pair still missing a stream is dropped; its stream's data is then refused.
+                pairs.retain(|request, p| {
+                    let keep = p.opened.elapsed() < STREAM_CREATION_TIMEOUT;
+                    if !keep {
+                        tracing::debug!(sandbox = %sandbox, request, "port forward request incomplete; dropped");
+                    }
+                    keep
+                });
+                continue;
+            }
         };
         let Some(stream) = stream else { break };
         let Some(request) = stream.headers.get("requestid").map(str::to_string) else {
             tracing::debug!(sandbox = %sandbox, stream = stream.id, "port forward stream without requestID; ignored");
             continue;
         };
-        let pair = pairs.entry(request.clone()).or_default();
+        let pair =
+            pairs.entry(request.clone()).or_insert_with(|| Pair { opened: Instant::now(), error: None, data: None });
         match stream.headers.get("streamtype") {
             Some("error") => pair.error = Some(stream),
             Some("data") => pair.data = Some(stream),
@@ -46,7 +60,7 @@ pub async fn serve(mut session: Session, netns: Option<PathBuf>, sandbox: String
             }
         }
         if pairs.get(&request).is_some_and(|p| p.error.is_some() && p.data.is_some()) {
-            if let Some(Pair { error: Some(error), data: Some(data) }) = pairs.remove(&request) {
+            if let Some(Pair { error: Some(error), data: Some(data), .. }) = pairs.remove(&request) {
                 forwards.spawn(forward(session.sender.clone(), error, data, netns.clone()));
             }
         }

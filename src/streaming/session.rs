@@ -113,7 +113,8 @@ impl Session {
     }
 }
 
-async fn idle(activity: Arc<AtomicU64>, timeout: Duration) {
+/// Returns once `activity` has not moved for `timeout`.
+pub(super) async fn idle(activity: Arc<AtomicU64>, timeout: Duration) {
     let mut seen = activity.load(Ordering::Relaxed);
     loop {
         tokio::time::sleep(timeout).await;

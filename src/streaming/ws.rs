@@ -3,6 +3,7 @@
 //! 3 error (the v4 status), 4 resize; v5 adds 255, the client closing one of
 //! its channels ([255, 0] ends stdin).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::exec::{self, Io, Output};
+use super::http::IDLE_TIMEOUT;
 use super::protocol::Protocol;
+use super::session::idle;
 use crate::container::Containers;
 
 pub const SUBPROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -51,9 +54,12 @@ pub async fn serve(
     let (stdin_tx, stdin_rx) = mpsc::channel(16);
     let (resize_tx, resize_rx) = mpsc::channel(16);
     let (closed_tx, closed) = watch::channel(false);
-    let reader = tokio::spawn(async move {
+    let activity = Arc::new(AtomicU64::new(0));
+    let (read_activity, write_activity) = (activity.clone(), activity.clone());
+    let read = async move {
         let mut stdin_tx = Some(stdin_tx);
         while let Some(Ok(message)) = source.next().await {
+            read_activity.fetch_add(1, Ordering::Relaxed);
             let data = match message {
                 Message::Binary(data) => data,
                 Message::Close(_) => break,
@@ -73,6 +79,14 @@ pub async fn serve(
                 _ => {}
             }
         }
+    };
+    let reader = tokio::spawn(async move {
+        tokio::select! {
+            () = read => {}
+            () = idle(activity, IDLE_TIMEOUT) => tracing::info!(
+                "WebSocket exec idle for {}s; closing it", IDLE_TIMEOUT.as_secs()
+            ),
+        }
         let _ = closed_tx.send(true);
     });
     let writer = tokio::spawn(async move {
@@ -80,6 +94,7 @@ pub async fn serve(
             let mut message = Vec::with_capacity(1 + data.len());
             message.push(channel);
             message.extend_from_slice(&data);
+            write_activity.fetch_add(1, Ordering::Relaxed);
             if sink.send(Message::Binary(message.into())).await.is_err() {
                 return;
             }
