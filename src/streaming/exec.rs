@@ -125,87 +125,27 @@ pub struct Io {
     pub closed: watch::Receiver<bool>,
 }
 
+/// The started command and the tasks moving its streams.
+struct Running {
+    child: tokio::process::Child,
+    /// Output to the client; they end at the command's EOF.
+    pumps: Vec<JoinHandle<()>>,
+    /// Input from the client; they end when the client closes them.
+    inputs: Vec<JoinHandle<()>>,
+}
+
 /// Runs the command; None when the client went away (the command is killed).
 pub async fn run(mut io: Io, req: &ExecRequest, containers: &Containers) -> Option<Exit> {
     let mut prepared = match containers.prepare_exec(&req.container_id, req.cmd.clone(), req.tty) {
         Ok(p) => p,
         Err(e) => return Some(Exit::Error(e.to_string())),
     };
-    let mut pumps: Vec<JoinHandle<()>> = Vec::new();
-    let mut inputs: Vec<JoinHandle<()>> = Vec::new();
-    let child = if req.tty {
-        let (master, replica) = match pty::open() {
-            Ok(p) => p,
-            Err(e) => return Some(Exit::Error(format!("cannot open a terminal: {e}"))),
-        };
-        let stdio = || replica.try_clone().map(Stdio::from);
-        let spawned = match (stdio(), stdio(), stdio()) {
-            (Ok(i), Ok(o), Ok(e)) => prepared.command.stdin(i).stdout(o).stderr(e).spawn(),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
-        };
-        drop(replica);
-        let spawned = match spawned {
-            Ok(child) => child,
-            Err(e) => return Some(Exit::Error(format!("cannot start the exec helper: {e}"))),
-        };
-        let master = Arc::new(master);
-        if let Some(out) = io.stdout.clone() {
-            let m = master.clone();
-            pumps.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 << 10];
-                while let Ok(n) = m.read(&mut buf).await {
-                    if n == 0 || !out.data(buf[..n].to_vec()).await {
-                        break;
-                    }
-                }
-            }));
-        }
-        if let Some(mut data) = io.stdin.take() {
-            let m = master.clone();
-            inputs.push(tokio::spawn(async move {
-                while let Some(chunk) = data.recv().await {
-                    if m.write_all(&chunk).await.is_err() {
-                        break;
-                    }
-                }
-            }));
-        }
-        if let Some(resize) = io.resize.take() {
-            inputs.push(tokio::spawn(resize_loop(resize, master)));
-        }
-        Ok(spawned)
-    } else {
-        let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
-        let spawned = prepared
-            .command
-            .stdin(piped(io.stdin.is_some()))
-            .stdout(piped(io.stdout.is_some()))
-            .stderr(piped(io.stderr.is_some()))
-            .spawn();
-        spawned
-    };
-    let mut child = match child {
-        Ok(c) => c,
+    let started =
+        if req.tty { on_pty(&mut prepared.command, &mut io) } else { on_pipes(&mut prepared.command, &mut io) };
+    let Running { mut child, pumps, inputs } = match started {
+        Ok(r) => r,
         Err(e) => return Some(Exit::Error(format!("cannot start the exec helper: {e}"))),
     };
-    if !req.tty {
-        if let (Some(to), Some(from)) = (io.stdout.clone(), child.stdout.take()) {
-            pumps.push(tokio::spawn(pump(from, to)));
-        }
-        if let (Some(to), Some(from)) = (io.stderr.clone(), child.stderr.take()) {
-            pumps.push(tokio::spawn(pump(from, to)));
-        }
-        if let (Some(mut data), Some(mut to)) = (io.stdin.take(), child.stdin.take()) {
-            inputs.push(tokio::spawn(async move {
-                while let Some(chunk) = data.recv().await {
-                    if to.write_all(&chunk).await.is_err() {
-                        break;
-                    }
-                }
-                // Dropping `to` closes the command's stdin: the client half-closed.
-            }));
-        }
-    }
     let mut closed = io.closed.clone();
     let status = tokio::select! {
         status = child.wait() => status,
@@ -233,6 +173,67 @@ pub async fn run(mut io: Io, req: &ExecRequest, containers: &Containers) -> Opti
         }
         Err(e) => Exit::Error(format!("waiting for the exec helper: {e}")),
     })
+}
+
+/// Starts the command on a new pty: its replica is the command's stdio, the
+/// master carries stdout, stdin and window sizes.
+fn on_pty(command: &mut tokio::process::Command, io: &mut Io) -> std::io::Result<Running> {
+    let (master, replica) = pty::open()?;
+    let child = command.stdin(replica.try_clone()?).stdout(replica.try_clone()?).stderr(replica).spawn()?;
+    let master = Arc::new(master);
+    let mut running = Running { child, pumps: Vec::new(), inputs: Vec::new() };
+    if let Some(out) = io.stdout.clone() {
+        let m = master.clone();
+        running.pumps.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 << 10];
+            while let Ok(n) = m.read(&mut buf).await {
+                if n == 0 || !out.data(buf[..n].to_vec()).await {
+                    break;
+                }
+            }
+        }));
+    }
+    if let Some(mut data) = io.stdin.take() {
+        let m = master.clone();
+        running.inputs.push(tokio::spawn(async move {
+            while let Some(chunk) = data.recv().await {
+                if m.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    if let Some(resize) = io.resize.take() {
+        running.inputs.push(tokio::spawn(resize_loop(resize, master)));
+    }
+    Ok(running)
+}
+
+fn on_pipes(command: &mut tokio::process::Command, io: &mut Io) -> std::io::Result<Running> {
+    let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+    let child = command
+        .stdin(piped(io.stdin.is_some()))
+        .stdout(piped(io.stdout.is_some()))
+        .stderr(piped(io.stderr.is_some()))
+        .spawn()?;
+    let mut running = Running { child, pumps: Vec::new(), inputs: Vec::new() };
+    if let (Some(to), Some(from)) = (io.stdout.clone(), running.child.stdout.take()) {
+        running.pumps.push(tokio::spawn(pump(from, to)));
+    }
+    if let (Some(to), Some(from)) = (io.stderr.clone(), running.child.stderr.take()) {
+        running.pumps.push(tokio::spawn(pump(from, to)));
+    }
+    if let (Some(mut data), Some(mut to)) = (io.stdin.take(), running.child.stdin.take()) {
+        running.inputs.push(tokio::spawn(async move {
+            while let Some(chunk) = data.recv().await {
+                if to.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            // Dropping `to` closes the command's stdin: the client half-closed.
+        }));
+    }
+    Ok(running)
 }
 
 async fn pump(mut from: impl AsyncRead + Unpin, to: Output) {
