@@ -38,6 +38,7 @@ pub struct Config {
     pub images: ImagesConfig,
     pub cni: CniConfig,
     pub metrics: MetricsConfig,
+    pub streaming: StreamingConfig,
     pub runtimes: BTreeMap<String, RuntimeHandler>,
 }
 
@@ -129,6 +130,13 @@ pub struct MetricsConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// `host:port` of the server behind Exec's URLs; port 0 lets the OS choose.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeHandler {
     #[serde(rename = "type")]
@@ -159,6 +167,7 @@ impl Default for Config {
             images: ImagesConfig::default(),
             cni: CniConfig::default(),
             metrics: MetricsConfig::default(),
+            streaming: StreamingConfig::default(),
             runtimes: BTreeMap::from([(
                 "default".to_string(),
                 RuntimeHandler { kind: HandlerKind::Linux, path: None },
@@ -209,6 +218,18 @@ impl Default for MetricsConfig {
 
 impl MetricsConfig {
     /// The address to serve on, or None when metrics are off.
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        self.address.parse().ok()
+    }
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig { address: "127.0.0.1:0".into() }
+    }
+}
+
+impl StreamingConfig {
     pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
         self.address.parse().ok()
     }
@@ -316,6 +337,12 @@ impl Config {
                     "{:?} is not a socket address (\"127.0.0.1:9537\", \"[::1]:9537\"), or \"\" for off",
                     self.metrics.address
                 ),
+            );
+        }
+        if self.streaming.socket_addr().is_none() {
+            return invalid(
+                "streaming.address",
+                format!("{:?} is not a socket address (\"127.0.0.1:0\", \"[::1]:10010\")", self.streaming.address),
             );
         }
         for (name, handler) in &self.runtimes {
@@ -450,6 +477,8 @@ mod tests {
             ("[pull]\nmax_concurrent_layers = -1\n", "max_concurrent_layers"),
             ("[metrics]\naddress = \"localhost:9537\"\n", "metrics.address"),
             ("[metrics]\naddress = \"127.0.0.1\"\n", "metrics.address"),
+            ("[streaming]\naddress = \"\"\n", "streaming.address"),
+            ("[streaming]\naddress = \"localhost:1\"\n", "streaming.address"),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = load(&f, &d.join("none")).unwrap_err().to_string();

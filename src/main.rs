@@ -16,6 +16,7 @@ mod sandbox;
 mod server;
 mod sockpath;
 mod state;
+mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,14 +1,13 @@
 //! ExecSync: a command run in a container through the `cricket exec` helper,
 //! with its output captured and a deadline that kills it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::process::Proc;
 use super::*;
 use crate::sandbox::namespaces::helper_command;
 
@@ -41,8 +40,27 @@ fn collect(mut from: impl AsyncRead + Unpin + Send + 'static, into: Buffer) -> t
     })
 }
 
+/// An exec ready to spawn: `command` runs the `cricket exec` helper (stdio
+/// still to be set); the process file it reads is removed on drop.
+#[derive(Debug)]
+pub struct PreparedExec {
+    pub command: tokio::process::Command,
+    process_file: PathBuf,
+}
+
+impl Drop for PreparedExec {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.process_file);
+    }
+}
+
 impl Containers {
-    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout_secs: i64) -> Result<ExecOutput, ContainerError> {
+    /// Checks that `id` names a running container and `cmd` is not empty.
+    pub fn check_exec(&self, id: &str, cmd: &[String]) -> Result<(), ContainerError> {
+        self.running(id, cmd).map(|_| ())
+    }
+
+    fn running(&self, id: &str, cmd: &[String]) -> Result<ContainerState, ContainerError> {
         let st = self.get(id)?.snapshot();
         if st.phase != Phase::Running {
             let (action, needed) = ("exec", "running");
@@ -51,13 +69,32 @@ impl Containers {
         if cmd.is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
+        Ok(st)
+    }
+
+    /// Writes the exec's process file and builds the helper's command line.
+    pub fn prepare_exec(&self, id: &str, cmd: Vec<String>, tty: bool) -> Result<PreparedExec, ContainerError> {
+        let st = self.running(id, &cmd)?;
         let init = st.init.ok_or_else(|| ContainerError::Exec { id: st.id.clone(), reason: "no init".into() })?;
         let bundle = self.state_dir(&st.id);
         let process_file = self.run_dir(&st.id).join(format!("exec-{:016x}.json", rand::random::<u64>()));
-        write_process(&bundle, &process_file, cmd, false)?;
-        let result = run(&st.id, init, &bundle, &process_file, timeout_secs).await;
-        let _ = std::fs::remove_file(&process_file);
-        result
+        write_process(&bundle, &process_file, cmd, tty)?;
+        let mut command = helper_command();
+        command
+            .arg("exec")
+            .arg("--pid")
+            .arg(init.pid.to_string())
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--process")
+            .arg(&process_file)
+            .kill_on_drop(true);
+        Ok(PreparedExec { command, process_file })
+    }
+
+    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout_secs: i64) -> Result<ExecOutput, ContainerError> {
+        let prepared = self.prepare_exec(id, cmd, false)?;
+        run(id, prepared, timeout_secs).await
     }
 }
 
@@ -74,26 +111,13 @@ pub(super) fn write_process(bundle: &Path, to: &Path, args: Vec<String>, tty: bo
     state::write_atomic(to, &data).map_err(io_err(to))
 }
 
-async fn run(
-    id: &str,
-    init: Proc,
-    bundle: &Path,
-    process_file: &Path,
-    timeout_secs: i64,
-) -> Result<ExecOutput, ContainerError> {
+async fn run(id: &str, mut prepared: PreparedExec, timeout_secs: i64) -> Result<ExecOutput, ContainerError> {
     let err = |reason: String| ContainerError::Exec { id: id.to_string(), reason };
-    let mut child = helper_command()
-        .arg("exec")
-        .arg("--pid")
-        .arg(init.pid.to_string())
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("--process")
-        .arg(process_file)
+    let mut child = prepared
+        .command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| err(format!("cannot start the exec helper: {e}")))?;
     let (out, errs) = (Buffer::default(), Buffer::default());

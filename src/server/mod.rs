@@ -25,6 +25,7 @@ use crate::image::Images;
 use crate::metrics::{self, Metrics};
 use crate::network::Cni;
 use crate::sandbox::Sandboxes;
+use crate::streaming::StreamingServer;
 
 const MAX_MESSAGE: usize = 16 << 20;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -45,6 +46,8 @@ pub enum ServeError {
     Containers(#[from] crate::container::ContainerError),
     #[error("metrics endpoint {address}: {source}")]
     Metrics { address: String, source: std::io::Error },
+    #[error("streaming server {address}: {source}")]
+    Streaming { address: String, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -65,6 +68,12 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups.clone(), cni).await?);
     let containers =
         Containers::open(config.clone(), images.clone(), sandboxes.clone(), cgroups, metrics.containers()).await?;
+    let streaming = match config.streaming.socket_addr() {
+        Some(addr) => StreamingServer::start(addr, containers.clone(), sandboxes.clone()).await,
+        None => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a socket address")),
+    }
+    .map_err(|source| ServeError::Streaming { address: config.streaming.address.clone(), source })?;
+    tracing::info!(address = %streaming.local_addr(), "streaming server for Exec listening");
     let listener = bind(&config.socket)?;
     let _metrics_server = match serve_metrics(&config, &metrics, &images, &sandboxes, &containers).await {
         Ok(server) => server,
@@ -74,9 +83,10 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
         }
     };
 
-    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes, containers))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let runtime =
+        RuntimeServiceServer::new(runtime::RuntimeApi::new(config.clone(), sandboxes, containers, Arc::new(streaming)))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(image::ImageApi::new(images))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -13,16 +13,23 @@ use crate::config::{CgroupDriver as Driver, Config, HandlerKind};
 use crate::container::Containers;
 use crate::network;
 use crate::sandbox::Sandboxes;
+use crate::streaming::StreamingServer;
 
 pub struct RuntimeApi {
     config: Arc<Config>,
     sandboxes: Arc<Sandboxes>,
     containers: Arc<Containers>,
+    streaming: Arc<StreamingServer>,
 }
 
 impl RuntimeApi {
-    pub fn new(config: Arc<Config>, sandboxes: Arc<Sandboxes>, containers: Arc<Containers>) -> RuntimeApi {
-        RuntimeApi { config, sandboxes, containers }
+    pub fn new(
+        config: Arc<Config>,
+        sandboxes: Arc<Sandboxes>,
+        containers: Arc<Containers>,
+        streaming: Arc<StreamingServer>,
+    ) -> RuntimeApi {
+        RuntimeApi { config, sandboxes, containers, streaming }
     }
 
     fn runtime_condition(&self) -> RuntimeCondition {
@@ -202,14 +209,16 @@ impl RuntimeService for RuntimeApi {
         let out = self.containers.exec_sync(&req.container_id, req.cmd, req.timeout).await?;
         Ok(Response::new(ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code }))
     }
-    async fn exec(&self, _req: Request<ExecRequest>) -> Reply<ExecResponse> {
-        Err(not_built("Exec"))
+    async fn exec(&self, req: Request<ExecRequest>) -> Reply<ExecResponse> {
+        let url = self.streaming.exec(req.into_inner())?;
+        Ok(Response::new(ExecResponse { url }))
     }
     async fn attach(&self, _req: Request<AttachRequest>) -> Reply<AttachResponse> {
         Err(not_built("Attach"))
     }
-    async fn port_forward(&self, _req: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
-        Err(not_built("PortForward"))
+    async fn port_forward(&self, req: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
+        let url = self.streaming.port_forward(req.into_inner())?;
+        Ok(Response::new(PortForwardResponse { url }))
     }
     async fn container_stats(&self, req: Request<ContainerStatsRequest>) -> Reply<ContainerStatsResponse> {
         let (st, stats) = self.containers.stats(&req.get_ref().container_id).await?;

@@ -1,0 +1,222 @@
+//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1 or WebSocket,
+//! `/portforward/<token>` to SPDY/3.1; every
+//! other path, and unknown or used tokens, get 404.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::portforward;
+use super::protocol::{Protocol, SUPPORTED};
+use super::session::Session;
+use super::tokens::{Pending, Tokens};
+use super::ws;
+use crate::container::Containers;
+use crate::sandbox::Sandboxes;
+
+/// Sessions running at once; more get 503 (each holds a helper process).
+pub const MAX_SESSIONS: usize = 64;
+/// A session in which nothing moves this long is closed (kubelet's default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+
+pub struct Context {
+    pub tokens: Tokens,
+    pub containers: Arc<Containers>,
+    pub sandboxes: Arc<Sandboxes>,
+    pub sessions: Arc<Semaphore>,
+}
+
+pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
+    // Owned here, so aborting this task aborts the connections too.
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("streaming server: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(respond(&ctx, req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "streaming connection: {e}");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let (kind, token) = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+        Some((kind @ ("exec" | "portforward"), t)) if !t.is_empty() && !t.contains('/') => (kind, t),
+        _ => return text(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    if !matches!(*req.method(), Method::GET | Method::POST) {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    }
+    let Ok(permit) = ctx.sessions.clone().try_acquire_owned() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_SESSIONS} streaming sessions are running\n"));
+    };
+    let exec = match (kind, ctx.tokens.take(token)) {
+        ("exec", Some(Pending::Exec(exec))) => exec,
+        ("portforward", Some(Pending::PortForward { sandbox, netns })) => {
+            return port_forward(req, sandbox, netns, permit)
+        }
+        _ => return text(StatusCode::NOT_FOUND, "unknown or expired streaming token\n".into()),
+    };
+    let upgrade = |name: &str| {
+        req.headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(name)))
+    };
+    if upgrade("websocket") {
+        return websocket(ctx, req, exec, permit);
+    }
+    if !upgrade("SPDY/3.1") {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this endpoint needs `Upgrade: SPDY/3.1` or `Upgrade: websocket`\n".into(),
+        );
+    }
+    let offered = req.headers().get_all(PROTOCOL_HEADER).iter().filter_map(|v| v.to_str().ok());
+    let Some(protocol) = Protocol::negotiate(offered) else {
+        let ours: Vec<&str> = SUPPORTED.iter().map(|(n, _)| *n).collect();
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("no common stream protocol; this server speaks {}\n", ours.join(", ")),
+        );
+    };
+    tokio::spawn(upgraded(req, protocol, exec, ctx.containers.clone(), permit));
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let headers = resp.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol.name()));
+    resp
+}
+
+async fn upgraded(
+    req: Request<Incoming>,
+    protocol: Protocol,
+    exec: k8s_cri::v1::ExecRequest,
+    containers: Arc<Containers>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let io = match hyper::upgrade::on(req).await {
+        Ok(io) => TokioIo::new(io),
+        Err(e) => return tracing::debug!("streaming upgrade failed: {e}"),
+    };
+    tracing::debug!(container = %exec.container_id, protocol = protocol.name(), "exec session started");
+    super::exec::serve(Session::start(io, IDLE_TIMEOUT), protocol, exec, containers).await;
+}
+
+fn websocket(
+    ctx: &Arc<Context>,
+    req: Request<Incoming>,
+    exec: k8s_cri::v1::ExecRequest,
+    permit: OwnedSemaphorePermit,
+) -> Response<Full<Bytes>> {
+    let headers = req.headers();
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
+    let version_13 = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let (Some(accept), true) = (key, version_13) else {
+        return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs Sec-WebSocket-Key and version 13\n".into());
+    };
+    let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
+    let Some(subprotocol) = ws::negotiate(offered) else {
+        let ours = ws::SUBPROTOCOLS.join(", ");
+        return text(StatusCode::FORBIDDEN, format!("no common WebSocket subprotocol; this server speaks {ours}\n"));
+    };
+    let containers = ctx.containers.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        match hyper::upgrade::on(req).await {
+            Ok(io) => ws::serve(io, subprotocol, exec, containers).await,
+            Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
+        }
+    });
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let headers = resp.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
+    resp
+}
+
+fn port_forward(
+    req: Request<Incoming>,
+    sandbox: String,
+    netns: Option<std::path::PathBuf>,
+    permit: OwnedSemaphorePermit,
+) -> Response<Full<Bytes>> {
+    let spdy = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("SPDY/3.1")));
+    if !spdy {
+        return text(StatusCode::BAD_REQUEST, "port forwarding needs `Upgrade: SPDY/3.1`\n".into());
+    }
+    let offered: Vec<&str> = req
+        .headers()
+        .get_all(PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if !offered.is_empty() && !offered.contains(&portforward::PROTOCOL) {
+        let message = format!("no common stream protocol; this server speaks {}\n", portforward::PROTOCOL);
+        return text(StatusCode::FORBIDDEN, message);
+    }
+    tokio::spawn(async move {
+        let _permit = permit;
+        match hyper::upgrade::on(req).await {
+            Ok(io) => portforward::serve(Session::start(TokioIo::new(io), IDLE_TIMEOUT), netns, sandbox).await,
+            Err(e) => tracing::debug!("port forward upgrade failed: {e}"),
+        }
+    });
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let headers = resp.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(portforward::PROTOCOL));
+    resp
+}
