@@ -550,3 +550,76 @@ async fn port_forward_reaches_a_port_in_the_pod() {
     assert_eq!(rt.clone().port_forward(missing).await.unwrap_err().code(), Code::NotFound);
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_relays_stdin_and_output_and_detaches() {
+    let f = Fixture::new().await;
+    // A shell reading commands from its stdin, kept open for attach.
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "shell".into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: f.image.clone(), ..Default::default() }),
+        command: vec!["/bin/sh".into()],
+        log_path: "shell.log".into(),
+        stdin: true,
+        stdin_once: true,
+        ..Default::default()
+    };
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: f.pod.clone(),
+        config: Some(config),
+        sandbox_config: Some(f.pod_config.clone()),
+    };
+    let mut rt = f.d.runtime().await;
+    let id = rt.create_container(req).await.unwrap().into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    let attach = |stdin: bool, tty: bool| cri::AttachRequest {
+        container_id: id.clone(),
+        stdin,
+        tty,
+        stdout: true,
+        stderr: !tty,
+    };
+    // Requests that don't fit the container are refused.
+    let err = rt.attach(attach(true, true)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let err = rt.attach(attach(true, false)).await.map(|_| ());
+    assert!(err.is_ok());
+    let err = rt.attach(cri::AttachRequest { container_id: f.id.clone(), ..attach(true, false) }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "the sleeper has no stdin: {err:?}");
+
+    // A first client only watches, then leaves: the container goes on.
+    let url = rt.attach(attach(false, false)).await.unwrap().into_inner().url;
+    let (status, head, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(status, 101, "{head}");
+    let watcher = Client::open(conn, &["error", "stdout", "stderr"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(watcher);
+
+    // A second one types; closing its stdin ends the shell (stdin_once), and the session with it.
+    let url = rt.attach(attach(true, false)).await.unwrap().into_inner().url;
+    let (status, head, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
+    assert_eq!(status, 101, "{head}");
+    let mut client = Client::open(conn, &["error", "stdin", "stdout", "stderr"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.write("stdin", b"echo hello; echo oops >&2\n", false).await;
+    let (out, mut client) = client.collect_until(|o| !o.stdout.is_empty() && !o.stderr.is_empty()).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    client.write("stdin", b"", true).await;
+    let out = client.collect().await;
+    assert_eq!(out.status()["status"], "Success");
+    let req = cri::ContainerStatusRequest { container_id: id.clone(), verbose: false };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = rt.container_status(req.clone()).await.unwrap().into_inner().status.unwrap();
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            assert_eq!(st.exit_code, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the shell did not exit after its stdin closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = rt.attach(attach(false, false)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    f.finish().await;
+}

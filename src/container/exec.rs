@@ -60,6 +60,27 @@ impl Containers {
         self.running(id, cmd).map(|_| ())
     }
 
+    /// The monitor's attach socket of a running container, after checking
+    /// the request fits how the container was made (stdin kept open, TTY or not).
+    pub fn attach_socket(&self, id: &str, stdin: bool, tty: bool) -> Result<PathBuf, ContainerError> {
+        let st = self.get(id)?.snapshot();
+        if st.phase != Phase::Running {
+            let (action, needed) = ("attach", "running");
+            return Err(ContainerError::WrongState { id: st.id, state: st.phase.name(), action, needed });
+        }
+        if stdin && !st.config.stdin {
+            return Err(ContainerError::Invalid(format!("container {} was not created with stdin open", st.id)));
+        }
+        if tty != st.config.tty {
+            let has = if st.config.tty { "has" } else { "has no" };
+            return Err(ContainerError::Invalid(format!(
+                "container {} {has} a TTY; attach with tty={}",
+                st.id, st.config.tty
+            )));
+        }
+        Ok(self.run_dir(&st.id).join(crate::monitor::attach::SOCKET))
+    }
+
     fn running(&self, id: &str, cmd: &[String]) -> Result<ContainerState, ContainerError> {
         let st = self.get(id)?.snapshot();
         if st.phase != Phase::Running {

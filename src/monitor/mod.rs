@@ -6,6 +6,7 @@
 //! `monitor.log` (its own diagnostics), and for OCI runtimes `runtime.log`
 //! (the runtime's JSON log) plus short-lived `init.pid` and `console.sock`.
 
+pub mod attach;
 pub mod config;
 mod control;
 mod create;
@@ -105,16 +106,24 @@ fn setup(config: Option<&Path>) -> Result<run::Monitor, MonitorError> {
     let log = log::CriLog::open(cfg.log_path.as_deref()).map_err(MonitorError::Log)?;
     let control = control::Control::bind(&cfg.control_socket)
         .map_err(|source| MonitorError::Control { path: cfg.control_socket.clone(), source })?;
-    let created = create::create(&cfg, &dir);
-    let created = match created {
+    let attach_path = dir.join(attach::SOCKET);
+    let attach = match attach::Attach::bind(&attach_path) {
+        Ok(a) => a,
+        Err(source) => {
+            control.remove_socket();
+            return Err(MonitorError::Control { path: attach_path, source });
+        }
+    };
+    let created = match create::create(&cfg, &dir) {
         Ok(c) => c,
         Err(e) => {
             control.remove_socket();
+            attach.remove_socket();
             return Err(e);
         }
     };
     let oom_before = exit::oom_kills(&cfg.cgroup_dirs);
-    Ok(run::Monitor::new(cfg, dir, log, control, signals, created, oom_before))
+    Ok(run::Monitor::new(cfg, dir, log, control, attach, signals, created, oom_before))
 }
 
 #[cfg(test)]

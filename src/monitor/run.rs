@@ -12,6 +12,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::attach::{self, Attach, Input};
 use super::config::MonitorConfig;
 use super::control::{Control, Request};
 use super::create::Created;
@@ -32,6 +33,8 @@ enum Source {
     Signals,
     Listener,
     Conn(RawFd),
+    AttachListener,
+    AttachConn(RawFd),
 }
 
 pub struct Monitor {
@@ -39,6 +42,7 @@ pub struct Monitor {
     dir: PathBuf,
     log: CriLog,
     control: Control,
+    attach: Attach,
     signals: SignalFd,
     /// Until `start` consumes it.
     init: Option<Box<dyn ContainerInit>>,
@@ -61,6 +65,7 @@ impl Monitor {
         dir: PathBuf,
         log: CriLog,
         control: Control,
+        attach: Attach,
         signals: SignalFd,
         created: Created,
         oom_before: u64,
@@ -71,6 +76,7 @@ impl Monitor {
             dir,
             log,
             control,
+            attach,
             signals,
             init: Some(created.init),
             init_pid,
@@ -126,6 +132,10 @@ impl Monitor {
             for fd in self.control.conn_fds() {
                 watch(fd, Source::Conn(fd));
             }
+            watch(self.attach.listener_fd(), Source::AttachListener);
+            for fd in self.attach.client_fds() {
+                watch(fd, Source::AttachConn(fd));
+            }
             let deadline = [self.drain_deadline, self.control.next_deadline()].into_iter().flatten().min();
             let timeout = deadline.map_or(-1, |d| d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1);
             // SAFETY: `fds` is a valid array of pollfd of the given length.
@@ -152,6 +162,12 @@ impl Monitor {
                             self.control.reply(pending, &reply);
                         }
                     }
+                    Source::AttachListener => self.attach.accept(),
+                    Source::AttachConn(fd) => {
+                        for input in self.attach.read(fd) {
+                            self.on_attach_input(input);
+                        }
+                    }
                 }
             }
         }
@@ -163,7 +179,10 @@ impl Monitor {
         let mut buf = [0u8; READ_CHUNK];
         match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
             Ok(0) => self.close_output(i),
-            Ok(n) => self.log.feed(STREAMS[i], &buf[..n]),
+            Ok(n) => {
+                self.log.feed(STREAMS[i], &buf[..n]);
+                self.attach.broadcast([attach::STDOUT, attach::STDERR][i], &buf[..n]);
+            }
             Err(Errno::EAGAIN | Errno::EINTR) => {}
             // A pty master reads EIO once every replica is closed: its end of file.
             Err(Errno::EIO) => self.close_output(i),
@@ -171,6 +190,30 @@ impl Monitor {
                 eprintln!("monitor: reading container {:?}: {e}", STREAMS[i]);
                 self.close_output(i);
             }
+        }
+    }
+
+    fn on_attach_input(&mut self, input: Input) {
+        match input {
+            Input::Stdin(data) => {
+                if let Some(stdin) = &self.stdin {
+                    // Blocking, like a terminal: the container reads its stdin.
+                    if let Err(e) = nix::unistd::write(stdin, &data) {
+                        eprintln!("monitor: writing the container's stdin: {e}");
+                        self.stdin = None;
+                    }
+                }
+            }
+            Input::Resize { cols, rows } => {
+                if let (true, Some(master)) = (self.cfg.tty, &self.outputs[0]) {
+                    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                    // SAFETY: TIOCSWINSZ on the pty master we own, with a valid winsize.
+                    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+                }
+            }
+            // stdin_once: the first client to finish with stdin closes it for good.
+            Input::StdinEnd if self.cfg.stdin_once && !self.cfg.tty => self.stdin = None,
+            Input::StdinEnd => {}
         }
     }
 
@@ -277,6 +320,7 @@ impl Monitor {
         }
         self.reap_orphans();
         self.control.remove_socket();
+        self.attach.remove_socket();
         let record = outcome.record();
         let written = serde_json::to_vec(&record)
             .map_err(std::io::Error::other)

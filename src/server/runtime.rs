@@ -213,8 +213,9 @@ impl RuntimeService for RuntimeApi {
         let url = self.streaming.exec(req.into_inner())?;
         Ok(Response::new(ExecResponse { url }))
     }
-    async fn attach(&self, _req: Request<AttachRequest>) -> Reply<AttachResponse> {
-        Err(not_built("Attach"))
+    async fn attach(&self, req: Request<AttachRequest>) -> Reply<AttachResponse> {
+        let url = self.streaming.attach(req.into_inner())?;
+        Ok(Response::new(AttachResponse { url }))
     }
     async fn port_forward(&self, req: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
         let url = self.streaming.port_forward(req.into_inner())?;

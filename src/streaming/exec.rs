@@ -21,26 +21,35 @@ pub const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the command exits, how long its output may still drain.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
+/// The streams a request asked for.
+#[derive(Clone, Copy)]
+pub struct Wanted {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
 #[derive(Default)]
-struct Streams {
-    error: Option<Stream>,
-    stdin: Option<Stream>,
-    stdout: Option<Stream>,
-    stderr: Option<Stream>,
-    resize: Option<Stream>,
+pub struct Streams {
+    pub error: Option<Stream>,
+    pub stdin: Option<Stream>,
+    pub stdout: Option<Stream>,
+    pub stderr: Option<Stream>,
+    pub resize: Option<Stream>,
 }
 
 impl Streams {
-    fn complete(&self, req: &ExecRequest, protocol: Protocol) -> bool {
-        let resize = req.tty && protocol >= Protocol::V3;
+    fn complete(&self, want: Wanted, protocol: Protocol) -> bool {
+        let resize = want.tty && protocol >= Protocol::V3;
         self.error.is_some()
-            && (!req.stdin || self.stdin.is_some())
-            && (!req.stdout || self.stdout.is_some())
-            && (!req.stderr || req.tty || self.stderr.is_some())
+            && (!want.stdin || self.stdin.is_some())
+            && (!want.stdout || self.stdout.is_some())
+            && (!want.stderr || want.tty || self.stderr.is_some())
             && (!resize || self.resize.is_some())
     }
 
-    fn add(&mut self, stream: Stream) {
+    pub fn add(&mut self, stream: Stream) {
         let slot = match stream.headers.get("streamtype") {
             Some("error") => &mut self.error,
             Some("stdin") => &mut self.stdin,
@@ -56,10 +65,11 @@ impl Streams {
     }
 }
 
-pub async fn serve(mut session: Session, protocol: Protocol, req: ExecRequest, containers: Arc<Containers>) {
+/// Waits for the client to open every stream `want` needs; None if it doesn't in time.
+pub async fn gather(session: &mut Session, want: Wanted, protocol: Protocol) -> Option<Streams> {
     let mut streams = Streams::default();
     let gathered = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
-        while !streams.complete(&req, protocol) {
+        while !streams.complete(want, protocol) {
             match session.streams.recv().await {
                 Some(stream) => streams.add(stream),
                 None => return false,
@@ -68,10 +78,15 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: ExecRequest, c
         true
     })
     .await;
-    if gathered != Ok(true) {
+    (gathered == Ok(true)).then_some(streams)
+}
+
+pub async fn serve(mut session: Session, protocol: Protocol, req: ExecRequest, containers: Arc<Containers>) {
+    let want = Wanted { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
+    let Some(mut streams) = gather(&mut session, want, protocol).await else {
         tracing::info!(container = %req.container_id, "exec: the client did not open its streams; closing");
         return session.finish().await;
-    }
+    };
     let sender = session.sender.clone();
     let output = |s: &Option<Stream>| s.as_ref().map(|s| Output::Spdy(sender.clone(), s.id));
     let io = Io {
@@ -100,14 +115,14 @@ pub enum Output {
 
 impl Output {
     /// False once the client is gone.
-    async fn data(&self, data: Vec<u8>) -> bool {
+    pub async fn data(&self, data: Vec<u8>) -> bool {
         match self {
             Output::Spdy(sender, id) => sender.data(*id, data).await,
             Output::Channel(sender, channel) => sender.send((*channel, data)).await.is_ok(),
         }
     }
 
-    async fn finish(&self) {
+    pub async fn finish(&self) {
         // WebSocket channels end with the connection.
         if let Output::Spdy(sender, id) = self {
             sender.finish(*id).await;
@@ -247,13 +262,22 @@ async fn pump(mut from: impl AsyncRead + Unpin, to: Output) {
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct TerminalSize {
-    width: u16,
-    height: u16,
+pub struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
+}
+
+async fn resize_loop(data: mpsc::Receiver<Vec<u8>>, master: Arc<pty::Master>) {
+    read_sizes(data, |size| {
+        if let Err(e) = master.resize(size.width, size.height) {
+            tracing::debug!("exec terminal resize: {e}");
+        }
+    })
+    .await
 }
 
 /// The resize stream carries a sequence of JSON objects: {"Width":80,"Height":24}.
-async fn resize_loop(mut data: mpsc::Receiver<Vec<u8>>, master: Arc<pty::Master>) {
+pub async fn read_sizes(mut data: mpsc::Receiver<Vec<u8>>, mut apply: impl FnMut(TerminalSize)) {
     let mut buf = Vec::new();
     while let Some(chunk) = data.recv().await {
         buf.extend_from_slice(&chunk);
@@ -263,9 +287,7 @@ async fn resize_loop(mut data: mpsc::Receiver<Vec<u8>>, master: Arc<pty::Master>
             match size {
                 Ok(size) => {
                     used = sizes.byte_offset();
-                    if let Err(e) = master.resize(size.width, size.height) {
-                        tracing::debug!("exec terminal resize: {e}");
-                    }
+                    apply(size);
                 }
                 Err(e) if e.is_eof() => break,
                 Err(e) => {

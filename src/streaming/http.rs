@@ -1,4 +1,4 @@
-//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1 or WebSocket,
+//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1 or WebSocket, `/attach/<token>` to SPDY/3.1,
 //! `/portforward/<token>` to SPDY/3.1; every
 //! other path, and unknown or used tokens, get 404.
 
@@ -80,7 +80,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let (kind, token) = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-        Some((kind @ ("exec" | "portforward"), t)) if !t.is_empty() && !t.contains('/') => (kind, t),
+        Some((kind @ ("exec" | "attach" | "portforward"), t)) if !t.is_empty() && !t.contains('/') => (kind, t),
         _ => return text(StatusCode::NOT_FOUND, "not found\n".into()),
     };
     if !matches!(*req.method(), Method::GET | Method::POST) {
@@ -89,8 +89,9 @@ fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let Ok(permit) = ctx.sessions.clone().try_acquire_owned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_SESSIONS} streaming sessions are running\n"));
     };
-    let exec = match (kind, ctx.tokens.take(token)) {
-        ("exec", Some(Pending::Exec(exec))) => exec,
+    let target = match (kind, ctx.tokens.take(token)) {
+        ("exec", Some(Pending::Exec(exec))) => Target::Exec(exec),
+        ("attach", Some(Pending::Attach(attach, socket))) => Target::Attach(attach, socket),
         ("portforward", Some(Pending::PortForward { sandbox, netns })) => {
             return port_forward(req, sandbox, netns, permit)
         }
@@ -103,7 +104,10 @@ fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(name)))
     };
     if upgrade("websocket") {
-        return websocket(ctx, req, exec, permit);
+        return match target {
+            Target::Exec(exec) => websocket(ctx, req, exec, permit),
+            Target::Attach(..) => text(StatusCode::BAD_REQUEST, "attach is served over SPDY/3.1 only\n".into()),
+        };
     }
     if !upgrade("SPDY/3.1") {
         return text(
@@ -119,7 +123,7 @@ fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> 
             format!("no common stream protocol; this server speaks {}\n", ours.join(", ")),
         );
     };
-    tokio::spawn(upgraded(req, protocol, exec, ctx.containers.clone(), permit));
+    tokio::spawn(upgraded(req, protocol, target, ctx.containers.clone(), permit));
     let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
     let headers = resp.headers_mut();
     headers.remove(header::CONTENT_TYPE);
@@ -129,10 +133,16 @@ fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> 
     resp
 }
 
+/// What a SPDY session serves.
+enum Target {
+    Exec(k8s_cri::v1::ExecRequest),
+    Attach(k8s_cri::v1::AttachRequest, std::path::PathBuf),
+}
+
 async fn upgraded(
     req: Request<Incoming>,
     protocol: Protocol,
-    exec: k8s_cri::v1::ExecRequest,
+    target: Target,
     containers: Arc<Containers>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -140,8 +150,17 @@ async fn upgraded(
         Ok(io) => TokioIo::new(io),
         Err(e) => return tracing::debug!("streaming upgrade failed: {e}"),
     };
-    tracing::debug!(container = %exec.container_id, protocol = protocol.name(), "exec session started");
-    super::exec::serve(Session::start(io, IDLE_TIMEOUT), protocol, exec, containers).await;
+    let session = Session::start(io, IDLE_TIMEOUT);
+    match target {
+        Target::Exec(exec) => {
+            tracing::debug!(container = %exec.container_id, protocol = protocol.name(), "exec session started");
+            super::exec::serve(session, protocol, exec, containers).await;
+        }
+        Target::Attach(attach, socket) => {
+            tracing::debug!(container = %attach.container_id, protocol = protocol.name(), "attach session started");
+            super::attach::serve(session, protocol, attach, socket).await;
+        }
+    }
 }
 
 fn websocket(

@@ -1,6 +1,7 @@
 //! Streaming for the CRI Exec and PortForward RPCs: an HTTP server handing out single-use URLs
 //! that clients upgrade to SPDY/3.1 or WebSocket to talk to a process in a container.
 
+mod attach;
 mod exec;
 mod http;
 mod portforward;
@@ -15,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::{ExecRequest, PortForwardRequest};
+use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -100,6 +101,19 @@ impl StreamingServer {
         self.ctx.containers.check_exec(&req.container_id, &req.cmd)?;
         let token = self.ctx.tokens.insert(Pending::Exec(req))?;
         Ok(format!("http://{}/exec/{token}", self.url_host()))
+    }
+
+    /// Validates an Attach request and returns the URL its client connects to.
+    pub fn attach(&self, req: AttachRequest) -> Result<String, StreamingError> {
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(StreamingError::Invalid("one of stdin, stdout, and stderr must be set"));
+        }
+        if req.tty && req.stderr {
+            return Err(StreamingError::Invalid("tty and stderr cannot both be true: a terminal has one output"));
+        }
+        let socket = self.ctx.containers.attach_socket(&req.container_id, req.stdin, req.tty)?;
+        let token = self.ctx.tokens.insert(Pending::Attach(req, socket))?;
+        Ok(format!("http://{}/attach/{token}", self.url_host()))
     }
 
     /// Checks a PortForward request and returns the URL its client connects to.

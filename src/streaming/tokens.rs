@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use k8s_cri::v1::ExecRequest;
+use k8s_cri::v1::{AttachRequest, ExecRequest};
 
 /// Tokens handed out but not used yet; more are refused (kubelet keeps 1000).
 pub const MAX_PENDING: usize = 1000;
@@ -14,6 +14,8 @@ pub const MAX_PENDING: usize = 1000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pending {
     Exec(ExecRequest),
+    /// An attach and the container monitor's attach socket.
+    Attach(AttachRequest, PathBuf),
     /// A pod's port forwarding: its id and pinned network namespace (None: the host's).
     PortForward {
         sandbox: String,
