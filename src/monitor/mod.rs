@@ -123,7 +123,7 @@ fn setup(config: Option<&Path>) -> Result<run::Monitor, MonitorError> {
         }
     };
     let oom_before = exit::oom_kills(&cfg.cgroup_dirs);
-    Ok(run::Monitor::new(cfg, dir, log, control, attach, signals, created, oom_before))
+    Ok(run::Monitor::new(cfg, dir, run::Ends { log, control, attach }, signals, created, oom_before))
 }
 
 #[cfg(test)]

@@ -37,6 +37,13 @@ enum Source {
     AttachConn(RawFd),
 }
 
+/// Where the monitor's clients reach it: the CRI log file, the control and attach sockets.
+pub struct Ends {
+    pub log: CriLog,
+    pub control: Control,
+    pub attach: Attach,
+}
+
 pub struct Monitor {
     cfg: MonitorConfig,
     dir: PathBuf,
@@ -63,13 +70,12 @@ impl Monitor {
     pub fn new(
         cfg: MonitorConfig,
         dir: PathBuf,
-        log: CriLog,
-        control: Control,
-        attach: Attach,
+        ends: Ends,
         signals: SignalFd,
         created: Created,
         oom_before: u64,
     ) -> Monitor {
+        let Ends { log, control, attach } = ends;
         let init_pid = created.init.pid();
         Monitor {
             cfg,
