@@ -11,7 +11,9 @@
 #   2. ROUNDS times `crictl create` + `crictl start` of a busybox
 #      `sleep 3600` container in that pod, one per runtime in turn (which
 #      runtime goes first alternates), so load drift hits both alike;
-#   3. EXECS times `crictl exec -s <first container> true` (ExecSync), in turn;
+#   3. EXECS times `crictl exec -s <first container> true` (ExecSync), and
+#      EXECS times `crictl exec <first container> true` (Exec: a streaming
+#      URL, then SPDY to the runtime's streaming server), in turn;
 #   4. daemon RSS and per-container processes with ROUNDS containers running
 #      in the one pod: cricket's `cricket monitor` (one per container) and
 #      pod-init, containerd's shim (one per pod) and pause;
@@ -42,7 +44,7 @@
 #
 # Environment:
 #   ROUNDS=30         timed containers per runtime (create + start, stop + rm)
-#   EXECS=50          timed `crictl exec -s` per runtime
+#   EXECS=50          timed `crictl exec -s` and `crictl exec` per runtime
 #   PODS=10           extra pods per runtime, one container each, for memory
 #   WARMUP=2          untimed containers per runtime first
 #   CRICKET_BIN=...   use this binary instead of `cargo build --release`
@@ -75,7 +77,7 @@ declare -A SHORT=([cricket]=ck [containerd]=ct)
 declare -A POD     # runtime -> the timed containers' pod ID
 declare -A PODCFG  # runtime -> that pod's config file
 declare -A CTR     # "runtime i" -> container ID
-declare -A T_START T_EXEC T_STOP T_VER D_START D_STOP # runtime -> samples, microseconds
+declare -A T_START T_EXEC T_SEXEC T_STOP T_VER D_START D_STOP # runtime -> samples, microseconds
 
 # --- images -------------------------------------------------------------------------
 
@@ -188,6 +190,14 @@ timed_exec() { # timed_exec RUNTIME I
 	t0=$EPOCHREALTIME
 	cri "$rt" exec -s "${CTR["$rt 1"]}" true >/dev/null
 	T_EXEC[$rt]+="$(us_since "$t0") "
+	version_sample "$rt"
+}
+
+timed_stream_exec() { # timed_stream_exec RUNTIME I
+	local rt=$1 t0
+	t0=$EPOCHREALTIME
+	cri "$rt" exec "${CTR["$rt 1"]}" true >/dev/null
+	T_SEXEC[$rt]+="$(us_since "$t0") "
 	version_sample "$rt"
 }
 
@@ -341,7 +351,7 @@ summary() {
 	ck2=$(awk -v v="$ck_ver" 'BEGIN { print 2 * v }')
 	ct2=$(awk -v v="$ct_ver" 'BEGIN { print 2 * v }')
 	echo
-	awk -v a="$ck_ver" -v b="$ct_ver" -v n="$((2 * ROUNDS + EXECS))" 'BEGIN {
+	awk -v a="$ck_ver" -v b="$ct_ver" -v n="$((2 * ROUNDS + 2 * EXECS))" 'BEGIN {
 		printf "crictl fixed cost (median of %d `crictl version` per runtime): cricket %.1f ms, containerd %.1f ms\n", n, a / 1000, b / 1000 }'
 
 	read -r a b <<<"$(ms_stats "${T_START[cricket]}")"
@@ -353,6 +363,9 @@ summary() {
 	read -r a b <<<"$(ms_stats "${T_EXEC[cricket]}")"
 	read -r c d <<<"$(ms_stats "${T_EXEC[containerd]}")"
 	line "ExecSync true ($EXECS), raw crictl exec -s" "$a" "$b" "$c" "$d"
+	read -r a b <<<"$(ms_stats "${T_SEXEC[cricket]}")"
+	read -r c d <<<"$(ms_stats "${T_SEXEC[containerd]}")"
+	line "Exec (streaming) true ($EXECS), raw crictl exec" "$a" "$b" "$c" "$d"
 	read -r a b <<<"$(ms_stats "${T_STOP[cricket]}")"
 	read -r c d <<<"$(ms_stats "${T_STOP[containerd]}")"
 	line "StopContainer+RemoveContainer ($ROUNDS), raw crictl stop + rm" "$a" "$b" "$c" "$d"
@@ -367,6 +380,9 @@ summary() {
 	read -r a b <<<"$(ms_stats "${T_EXEC[cricket]}" "$ck_ver")"
 	read -r c d <<<"$(ms_stats "${T_EXEC[containerd]}" "$ct_ver")"
 	line "ExecSync true ($EXECS)" "$a" "$b" "$c" "$d"
+	read -r a b <<<"$(ms_stats "${T_SEXEC[cricket]}" "$ck_ver")"
+	read -r c d <<<"$(ms_stats "${T_SEXEC[containerd]}" "$ct_ver")"
+	line "Exec (streaming) true ($EXECS)" "$a" "$b" "$c" "$d"
 	read -r a b <<<"$(ms_stats "${T_STOP[cricket]}" "$ck2")"
 	read -r c d <<<"$(ms_stats "${T_STOP[containerd]}" "$ct2")"
 	line "StopContainer+RemoveContainer ($ROUNDS)" "$a" "$b" "$c" "$d"
@@ -419,6 +435,8 @@ main() {
 
 	log "ExecSync x $EXECS per runtime"
 	for ((i = 1; i <= EXECS; i++)); do in_turn timed_exec "$i"; done
+	log "Exec (streaming) x $EXECS per runtime"
+	for ((i = 1; i <= EXECS; i++)); do in_turn timed_stream_exec "$i"; done
 
 	local mem1 mem2
 	mem1=$(memory_report "$ROUNDS containers in 1 pod")
