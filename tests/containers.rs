@@ -450,6 +450,48 @@ async fn security_settings_apply() {
     let user = st.user.unwrap().linux.unwrap();
     assert_eq!((user.uid, user.gid), (1234, 1234));
 
+    // Capabilities: all dropped but one added back; RuntimeDefault seccomp refuses unshare.
+    let mut c =
+        f.container("caps", "grep CapEff /proc/self/status; unshare -n true 2>/dev/null || echo unshare-refused");
+    let profile = cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    };
+    security(
+        &mut c,
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                add_capabilities: vec!["CHOWN".into()],
+                ..Default::default()
+            }),
+            seccomp: Some(profile),
+            ..Default::default()
+        },
+    );
+    let id = f.create(&pod, &pc, c).await.unwrap();
+    f.start(&id).await.unwrap();
+    f.wait_exit(&id).await;
+    let text: Vec<String> = log_lines(&f.log_file("sec", "caps")).into_iter().map(|l| l.2).collect();
+    assert_eq!(text, ["CapEff:\t0000000000000001", "unshare-refused"]);
+
+    // Hostile configs are refused with a clear error and leave nothing behind.
+    let mut c = f.container("bad-profile", "true");
+    let missing = cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "/nonexistent/profile.json".into(),
+    };
+    security(&mut c, cri::LinuxContainerSecurityContext { seccomp: Some(missing), ..Default::default() });
+    let err = f.create(&pod, &pc, c).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("/nonexistent/profile.json"), "{err:?}");
+    let mut c = f.container("bad-mount", "true");
+    c.mounts =
+        vec![cri::Mount { container_path: "/data".into(), host_path: "relative/dir".into(), ..Default::default() }];
+    let err = f.create(&pod, &pc, c).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("/data"), "{err:?}");
+
     let mut c = f.container("group-only", "true");
     security(
         &mut c,
