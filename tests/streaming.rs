@@ -621,5 +621,29 @@ async fn attach_relays_stdin_and_output_and_detaches() {
     }
     let err = rt.attach(attach(false, false)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // The same over WebSocket (v5: stdin is closed with [255, 0]).
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "ws-shell".into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: f.image.clone(), ..Default::default() }),
+        command: vec!["/bin/sh".into()],
+        log_path: "ws-shell.log".into(),
+        stdin: true,
+        stdin_once: true,
+        ..Default::default()
+    };
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: f.pod.clone(),
+        config: Some(config),
+        sandbox_config: Some(f.pod_config.clone()),
+    };
+    let ws_id = rt.create_container(req).await.unwrap().into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: ws_id.clone() }).await.unwrap();
+    let req = cri::AttachRequest { container_id: ws_id, ..attach(true, false) };
+    let url = rt.attach(req).await.unwrap().into_inner().url;
+    let channels = ws_exec(&url, "v5.channel.k8s.io", Some(b"echo ws-hello\n")).await;
+    assert_eq!(String::from_utf8_lossy(&channels[&1]), "ws-hello\n");
+    let status: serde_json::Value = serde_json::from_slice(&channels[&3]).unwrap();
+    assert_eq!(status["status"], "Success");
     f.finish().await;
 }

@@ -2,7 +2,7 @@
 //! container monitor's attach socket (see `monitor::attach` for its frames).
 //! Leaving detaches; the container keeps running.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use k8s_cri::v1::AttachRequest;
@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::Mutex;
 
-use super::exec::{gather, read_sizes, Output, Wanted};
+use super::exec::{gather, read_sizes, Io, Output, Wanted};
 use super::protocol::{Exit, Protocol};
 use super::session::Session;
 
@@ -34,25 +34,40 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: AttachRequest,
     };
     let error = streams.error.as_ref().map(|s| s.id).expect("gathered");
     let sender = session.sender.clone();
-    let connected = match crate::sockpath::SocketPath::new(&socket) {
+    let output = |s: &Option<super::session::Stream>| s.as_ref().map(|s| Output::Spdy(sender.clone(), s.id));
+    let io = Io {
+        stdout: output(&streams.stdout),
+        stderr: output(&streams.stderr),
+        stdin: streams.stdin.take().map(|s| s.data),
+        resize: streams.resize.take().map(|s| s.data),
+        closed: session.closed.clone(),
+    };
+    if let Some(exit) = bridge(io, req.tty, &socket).await {
+        if let Some(report) = protocol.exit_report(&exit) {
+            sender.data(error, report).await;
+        }
+        sender.finish(error).await;
+    }
+    session.finish().await;
+}
+
+/// Connects a session's streams to the attach socket until the container
+/// exits (`Exit::Code(0)`, the end as kubelet reports it) or the client
+/// leaves (None: a detach).
+pub async fn bridge(io: Io, tty: bool, socket: &Path) -> Option<Exit> {
+    let connected = match crate::sockpath::SocketPath::new(socket) {
         Ok(short) => tokio::net::UnixStream::connect(short.as_path()).await,
         Err(e) => Err(e),
     };
     let conn = match connected {
         Ok(c) => c,
-        Err(e) => {
-            let exit = Exit::Error(format!("cannot reach the container's monitor: {e}"));
-            if let Some(report) = protocol.exit_report(&exit) {
-                sender.data(error, report).await;
-            }
-            sender.finish(error).await;
-            return session.finish().await;
-        }
+        Err(e) => return Some(Exit::Error(format!("cannot reach the container's monitor: {e}"))),
     };
+    let Io { stdin, resize, stdout, stderr, closed } = io;
     let (mut reader, writer) = conn.into_split();
     let writer = Arc::new(Mutex::new(writer));
     let mut inputs = Vec::new();
-    if let Some(mut stdin) = streams.stdin.take().map(|s| s.data) {
+    if let Some(mut stdin) = stdin {
         let writer = writer.clone();
         inputs.push(tokio::spawn(async move {
             // Marks this client as the stdin user, whose leaving ends a stdin_once container's input.
@@ -67,7 +82,7 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: AttachRequest,
             let _ = send(&writer, frame(STDIN_END, b"")).await;
         }));
     }
-    if let Some(resize) = streams.resize.take().map(|s| s.data) {
+    if let Some(resize) = resize {
         let writer = writer.clone();
         inputs.push(tokio::spawn(async move {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -86,8 +101,6 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: AttachRequest,
             tokio::join!(parse, forward);
         }));
     }
-    let output = |s: &Option<super::session::Stream>| s.as_ref().map(|s| Output::Spdy(sender.clone(), s.id));
-    let (stdout, stderr) = (output(&streams.stdout), output(&streams.stderr));
     let relay = async {
         // Frames from the monitor until it closes the socket (the container exited).
         let mut header = [0u8; 5];
@@ -101,7 +114,7 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: AttachRequest,
                 return true;
             }
             // A terminal has one output, which CRI calls stdout.
-            let to = if header[0] == crate::monitor::attach::STDERR && !req.tty { &stderr } else { &stdout };
+            let to = if header[0] == crate::monitor::attach::STDERR && !tty { &stderr } else { &stdout };
             if let Some(to) = to {
                 if !to.data(data).await {
                     return false;
@@ -109,22 +122,19 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: AttachRequest,
             }
         }
     };
-    let mut closed = session.closed.clone();
+    let mut closed = closed;
     let container_ended = tokio::select! {
         ended = relay => ended,
         _ = closed.wait_for(|c| *c) => false,
     };
     inputs.iter().for_each(|t| t.abort());
-    if container_ended {
-        for out in [&stdout, &stderr].into_iter().flatten() {
-            out.finish().await;
-        }
-        if let Some(report) = protocol.exit_report(&Exit::Code(0)) {
-            sender.data(error, report).await;
-        }
-        sender.finish(error).await;
+    if !container_ended {
+        return None;
     }
-    session.finish().await;
+    for out in [&stdout, &stderr].into_iter().flatten() {
+        out.finish().await;
+    }
+    Some(Exit::Code(0))
 }
 
 async fn send(writer: &Mutex<OwnedWriteHalf>, frame: Vec<u8>) -> std::io::Result<()> {

@@ -1,4 +1,4 @@
-//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1 or WebSocket, `/attach/<token>` to SPDY/3.1,
+//! The streaming HTTP server: `/exec/<token>` upgraded to SPDY/3.1 or WebSocket, `/attach/<token>` likewise,
 //! `/portforward/<token>` to SPDY/3.1; every
 //! other path, and unknown or used tokens, get 404.
 
@@ -104,10 +104,11 @@ fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(name)))
     };
     if upgrade("websocket") {
-        return match target {
-            Target::Exec(exec) => websocket(ctx, req, exec, permit),
-            Target::Attach(..) => text(StatusCode::BAD_REQUEST, "attach is served over SPDY/3.1 only\n".into()),
+        let target = match target {
+            Target::Exec(exec) => ws::Target::Exec(exec, ctx.containers.clone()),
+            Target::Attach(attach, socket) => ws::Target::Attach(attach, socket),
         };
+        return websocket(req, target, permit);
     }
     if !upgrade("SPDY/3.1") {
         return text(
@@ -163,12 +164,7 @@ async fn upgraded(
     }
 }
 
-fn websocket(
-    ctx: &Arc<Context>,
-    req: Request<Incoming>,
-    exec: k8s_cri::v1::ExecRequest,
-    permit: OwnedSemaphorePermit,
-) -> Response<Full<Bytes>> {
+fn websocket(req: Request<Incoming>, target: ws::Target, permit: OwnedSemaphorePermit) -> Response<Full<Bytes>> {
     let headers = req.headers();
     let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
     let version_13 = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
@@ -180,11 +176,10 @@ fn websocket(
         let ours = ws::SUBPROTOCOLS.join(", ");
         return text(StatusCode::FORBIDDEN, format!("no common WebSocket subprotocol; this server speaks {ours}\n"));
     };
-    let containers = ctx.containers.clone();
     tokio::spawn(async move {
         let _permit = permit;
         match hyper::upgrade::on(req).await {
-            Ok(io) => ws::serve(io, subprotocol, exec, containers).await,
+            Ok(io) => ws::serve(io, subprotocol, target).await,
             Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
         }
     });

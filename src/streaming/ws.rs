@@ -1,20 +1,22 @@
-//! Exec over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`): binary
+//! Exec and Attach over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`): binary
 //! messages whose first byte names the channel: 0 stdin, 1 stdout, 2 stderr,
 //! 3 error (the v4 status), 4 resize; v5 adds 255, the client closing one of
 //! its channels ([255, 0] ends stdin).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::ExecRequest;
+use k8s_cri::v1::{AttachRequest, ExecRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::attach;
 use super::exec::{self, Io, Output};
 use super::http::IDLE_TIMEOUT;
 use super::protocol::Protocol;
@@ -41,12 +43,17 @@ pub fn negotiate<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<&'sta
         .find_map(|o| SUBPROTOCOLS.into_iter().find(|s| *s == o))
 }
 
-pub async fn serve(
-    upgraded: hyper::upgrade::Upgraded,
-    subprotocol: &str,
-    req: ExecRequest,
-    containers: Arc<Containers>,
-) {
+/// What a WebSocket session serves.
+pub enum Target {
+    Exec(ExecRequest, Arc<Containers>),
+    Attach(AttachRequest, PathBuf),
+}
+
+pub async fn serve(upgraded: hyper::upgrade::Upgraded, subprotocol: &str, target: Target) {
+    let (stdin, stdout, stderr, tty) = match &target {
+        Target::Exec(r, _) => (r.stdin, r.stdout, r.stderr, r.tty),
+        Target::Attach(r, _) => (r.stdin, r.stdout, r.stderr, r.tty),
+    };
     let v5 = subprotocol == SUBPROTOCOLS[0];
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
     let (mut sink, mut source) = ws.split();
@@ -105,13 +112,17 @@ pub async fn serve(
     });
     let output = |on: bool, channel: u8| on.then(|| Output::Channel(out_tx.clone(), channel));
     let io = Io {
-        stdin: req.stdin.then_some(stdin_rx),
-        resize: req.tty.then_some(resize_rx),
-        stdout: output(req.stdout, STDOUT),
-        stderr: output(req.stderr && !req.tty, STDERR),
+        stdin: stdin.then_some(stdin_rx),
+        resize: tty.then_some(resize_rx),
+        stdout: output(stdout, STDOUT),
+        stderr: output(stderr && !tty, STDERR),
         closed,
     };
-    if let Some(exit) = exec::run(io, &req, &containers).await {
+    let exit = match &target {
+        Target::Exec(req, containers) => exec::run(io, req, containers).await,
+        Target::Attach(_, socket) => attach::bridge(io, tty, socket).await,
+    };
+    if let Some(exit) = exit {
         if let Some(report) = Protocol::V4.exit_report(&exit) {
             let _ = out_tx.send((ERROR, report)).await;
         }
