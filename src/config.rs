@@ -134,6 +134,9 @@ pub struct MetricsConfig {
 pub struct StreamingConfig {
     /// `host:port` of the server behind Exec's URLs; port 0 lets the OS choose.
     pub address: String,
+    /// PEM certificate chain and private key: both set serves HTTPS.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -225,7 +228,7 @@ impl MetricsConfig {
 
 impl Default for StreamingConfig {
     fn default() -> Self {
-        StreamingConfig { address: "127.0.0.1:0".into() }
+        StreamingConfig { address: "127.0.0.1:0".into(), tls_cert_file: String::new(), tls_key_file: String::new() }
     }
 }
 
@@ -344,6 +347,14 @@ impl Config {
                 "streaming.address",
                 format!("{:?} is not a socket address (\"127.0.0.1:0\", \"[::1]:10010\")", self.streaming.address),
             );
+        }
+        if self.streaming.tls_cert_file.is_empty() != self.streaming.tls_key_file.is_empty() {
+            let key = if self.streaming.tls_cert_file.is_empty() {
+                "streaming.tls_cert_file"
+            } else {
+                "streaming.tls_key_file"
+            };
+            return invalid(key, "TLS needs both streaming.tls_cert_file and streaming.tls_key_file".into());
         }
         for (name, handler) in &self.runtimes {
             let key = format!("runtimes.{name}");
@@ -479,6 +490,7 @@ mod tests {
             ("[metrics]\naddress = \"127.0.0.1\"\n", "metrics.address"),
             ("[streaming]\naddress = \"\"\n", "streaming.address"),
             ("[streaming]\naddress = \"localhost:1\"\n", "streaming.address"),
+            ("[streaming]\ntls_cert_file = \"/c.pem\"\n", "streaming.tls_key_file"),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = load(&f, &d.join("none")).unwrap_err().to_string();

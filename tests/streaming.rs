@@ -33,11 +33,16 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
+        Fixture::with_config("").await
+    }
+
+    /// With more daemon configuration (TOML).
+    async fn with_config(extra: &str) -> Fixture {
         let registry = Registry::start().await;
         let host = registry.host();
         registry.push_image("busybox", "1", &Image::new(vec![busybox_layer()])).await;
         let net = TestNet::new();
-        let d = Daemon::start_with_net(&net, &insecure(&host)).await;
+        let d = Daemon::start_with_net(&net, &format!("{}{extra}", insecure(&host))).await;
         let image = format!("{host}/busybox:1");
         d.pull(&image).await.expect("pull busybox");
         let logs = tempdir();
@@ -645,5 +650,68 @@ async fn attach_relays_stdin_and_output_and_detaches() {
     assert_eq!(String::from_utf8_lossy(&channels[&1]), "ws-hello\n");
     let status: serde_json::Value = serde_json::from_slice(&channels[&3]).unwrap();
     assert_eq!(status["status"], "Success");
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_urls_over_tls() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let dir = tempdir();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let extra = format!(
+        "[streaming]\naddress = \"127.0.0.1:0\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let f = Fixture::with_config(&extra).await;
+    let url = f.exec_url(f.request(&["sh", "-c", "echo secure"], false, false)).await.unwrap();
+    let rest = url.strip_prefix("https://").unwrap_or_else(|| panic!("not an https URL: {url}"));
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(host).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = connector.connect(name, tcp).await.expect("TLS handshake with the streaming server");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(conn.read(&mut byte).await.unwrap(), 1, "connection closed in the response head");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8(got).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    drop(conn);
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(host).await.unwrap();
+    plain.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(15), plain.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert!(!buf[..n].starts_with(b"HTTP/1.1"), "plain HTTP was served on the TLS port");
     f.finish().await;
 }

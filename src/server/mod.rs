@@ -68,12 +68,10 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups.clone(), cni).await?);
     let containers =
         Containers::open(config.clone(), images.clone(), sandboxes.clone(), cgroups, metrics.containers()).await?;
-    let streaming = match config.streaming.socket_addr() {
-        Some(addr) => StreamingServer::start(addr, containers.clone(), sandboxes.clone()).await,
-        None => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a socket address")),
-    }
-    .map_err(|source| ServeError::Streaming { address: config.streaming.address.clone(), source })?;
-    tracing::info!(address = %streaming.local_addr(), "streaming server for Exec listening");
+    let streaming = StreamingServer::start(&config.streaming, containers.clone(), sandboxes.clone())
+        .await
+        .map_err(|source| ServeError::Streaming { address: config.streaming.address.clone(), source })?;
+    tracing::info!(address = %streaming.local_addr(), "streaming server for Exec, Attach and PortForward listening");
     let listener = bind(&config.socket)?;
     let _metrics_server = match serve_metrics(&config, &metrics, &images, &sandboxes, &containers).await {
         Ok(server) => server,

@@ -38,7 +38,10 @@ pub struct Context {
     pub sessions: Arc<Semaphore>,
 }
 
-pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
+/// How long a client has for the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ctx: Arc<Context>) {
     // Owned here, so aborting this task aborts the connections too.
     let mut connections = JoinSet::new();
     loop {
@@ -55,15 +58,17 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
             }
         };
         let ctx = ctx.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(respond(&ctx, req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => serve_connection(stream, ctx).await,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, ctx).await,
+                    Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                    Err(_) => Err("TLS handshake timed out".into()),
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, "streaming connection: {e}");
             }
         });
@@ -75,6 +80,21 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
+}
+
+async fn serve_connection<S>(stream: S, ctx: Arc<Context>) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(respond(&ctx, req)) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -9,10 +9,12 @@ mod protocol;
 mod pty;
 mod session;
 pub mod spdy;
+mod tls;
 mod tokens;
 mod ws;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::config::StreamingConfig;
 use crate::container::{ContainerError, Containers};
 use crate::sandbox::namespaces::NsKind;
 use crate::sandbox::{SandboxError, Sandboxes};
@@ -60,6 +63,8 @@ impl From<StreamingError> for tonic::Status {
 /// The running server; dropping it stops the listener and every session.
 pub struct StreamingServer {
     addr: SocketAddr,
+    /// "https" with TLS configured, else "http".
+    scheme: &'static str,
     ctx: Arc<http::Context>,
     task: JoinHandle<()>,
 }
@@ -67,10 +72,16 @@ pub struct StreamingServer {
 impl StreamingServer {
     /// Binds `addr` (port 0: one the OS picks) and serves in a task.
     pub async fn start(
-        addr: SocketAddr,
+        config: &StreamingConfig,
         containers: Arc<Containers>,
         sandboxes: Arc<Sandboxes>,
     ) -> std::io::Result<StreamingServer> {
+        let addr = config.socket_addr().ok_or_else(|| std::io::Error::other("not a socket address"))?;
+        let tls = match (config.tls_cert_file.as_str(), config.tls_key_file.as_str()) {
+            ("", _) | (_, "") => None,
+            (cert, key) => Some(tls::acceptor(Path::new(cert), Path::new(key))?),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let ctx = Arc::new(http::Context {
@@ -79,8 +90,8 @@ impl StreamingServer {
             sandboxes,
             sessions: Arc::new(tokio::sync::Semaphore::new(http::MAX_SESSIONS)),
         });
-        let task = tokio::spawn(http::accept_loop(listener, ctx.clone()));
-        Ok(StreamingServer { addr, ctx, task })
+        let task = tokio::spawn(http::accept_loop(listener, tls, ctx.clone()));
+        Ok(StreamingServer { addr, scheme, ctx, task })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -100,7 +111,7 @@ impl StreamingServer {
         }
         self.ctx.containers.check_exec(&req.container_id, &req.cmd)?;
         let token = self.ctx.tokens.insert(Pending::Exec(req))?;
-        Ok(format!("http://{}/exec/{token}", self.url_host()))
+        Ok(format!("{}://{}/exec/{token}", self.scheme, self.url_host()))
     }
 
     /// Validates an Attach request and returns the URL its client connects to.
@@ -113,7 +124,7 @@ impl StreamingServer {
         }
         let socket = self.ctx.containers.attach_socket(&req.container_id, req.stdin, req.tty)?;
         let token = self.ctx.tokens.insert(Pending::Attach(req, socket))?;
-        Ok(format!("http://{}/attach/{token}", self.url_host()))
+        Ok(format!("{}://{}/attach/{token}", self.scheme, self.url_host()))
     }
 
     /// Checks a PortForward request and returns the URL its client connects to.
@@ -127,7 +138,7 @@ impl StreamingServer {
         }
         let netns = st.namespaces.get(&NsKind::Net).cloned();
         let token = self.ctx.tokens.insert(Pending::PortForward { sandbox: st.id, netns })?;
-        Ok(format!("http://{}/portforward/{token}", self.url_host()))
+        Ok(format!("{}://{}/portforward/{token}", self.scheme, self.url_host()))
     }
 
     /// The address as clients should dial it: a wildcard bind is reached on loopback.
