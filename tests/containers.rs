@@ -492,6 +492,13 @@ async fn security_settings_apply() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("/data"), "{err:?}");
 
+    // Workloads and exec'd commands start with no signal blocked or ignored.
+    let id = f.run(&pod, &pc, "signals", "grep -E '^Sig(Blk|Ign)' /proc/self/status; exec sleep 1000").await;
+    let r = f.exec(&id, &["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+    let text: Vec<String> = log_lines(&f.log_file("sec", "signals")).into_iter().map(|l| l.2).collect();
+    assert_eq!(text, ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"]);
+
     let mut c = f.container("group-only", "true");
     security(
         &mut c,

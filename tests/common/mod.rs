@@ -425,6 +425,7 @@ pub fn busybox_layer() -> Layer {
                 .hardlink("bin/ls", "bin/busybox")
                 .hardlink("bin/cat", "bin/busybox")
                 .hardlink("bin/sleep", "bin/busybox")
+                .hardlink("bin/grep", "bin/busybox")
                 .symlink("bin/sh", "busybox")
                 .symlink("bin/echo", "busybox")
                 .dir("etc", 0o755)

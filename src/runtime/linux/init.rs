@@ -26,6 +26,7 @@ pub struct InitArgs<'a> {
 
 /// Runs in the monitor's forked child; never returns.
 pub fn stage1(args: &InitArgs, stdio: InitStdio, channel: Channel) -> ! {
+    super::signals::reset_for_workload();
     let channel = match install_stdio(stdio, channel) {
         Ok(c) => c,
         Err(e) => exit_with(None, e.0, 1),
