@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::process::Proc;
 use super::*;
+use crate::monitor::config::{MonitorConfig, RuntimeKind};
 use crate::sandbox::namespaces::helper_command;
 
 /// Output kept per stream; more is dropped (kubelet caps probe output far lower).
@@ -51,6 +52,9 @@ impl Containers {
         if cmd.is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
+        if self.runs_wasm(&st.id) {
+            return Err(ContainerError::NotExecutable(st.id));
+        }
         let init = st.init.ok_or_else(|| ContainerError::Exec { id: st.id.clone(), reason: "no init".into() })?;
         let bundle = self.state_dir(&st.id);
         let process_file = self.run_dir(&st.id).join(format!("exec-{:016x}.json", rand::random::<u64>()));
@@ -58,6 +62,14 @@ impl Containers {
         let result = run(&st.id, init, &bundle, &process_file, timeout_secs).await;
         let _ = std::fs::remove_file(&process_file);
         result
+    }
+}
+
+impl Containers {
+    /// The container's workload is a WebAssembly module (its monitor config says so).
+    fn runs_wasm(&self, id: &str) -> bool {
+        let path = self.run_dir(id).join("monitor.json");
+        matches!(state::read_json::<MonitorConfig>(&path), Ok(Some(MonitorConfig { runtime: RuntimeKind::Wasm, .. })))
     }
 }
 

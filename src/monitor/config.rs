@@ -43,6 +43,9 @@ pub enum RuntimeKind {
         /// The runtime's state directory (`--root`).
         root: PathBuf,
     },
+    /// The built-in executor running `process.args[0]` as a WebAssembly
+    /// module through this binary's `wasm-run` mode.
+    Wasm,
 }
 
 /// The one line the monitor writes to its stdout once the init exists (or
@@ -89,6 +92,8 @@ mod tests {
         let oci = format!(r#"{base},"runtime":{{"type":"oci","path":"/usr/sbin/runc","root":"/r"}}}}"#);
         let cfg: MonitorConfig = serde_json::from_str(&oci).unwrap();
         assert_eq!(cfg.runtime, RuntimeKind::Oci { path: "/usr/sbin/runc".into(), root: "/r".into() });
+        let wasm: MonitorConfig = serde_json::from_str(&format!(r#"{base},"runtime":{{"type":"wasm"}}}}"#)).unwrap();
+        assert_eq!(wasm.runtime, RuntimeKind::Wasm);
     }
 
     #[test]

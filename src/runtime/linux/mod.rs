@@ -46,6 +46,17 @@ use oci_spec::runtime::Spec;
 use super::{ContainerInit, InitStdio};
 use sync::{Channel, Msg};
 
+/// What the init executes once started.
+#[derive(Debug, Clone, Copy)]
+pub enum Workload<'a> {
+    /// `process.args`, found through the container's PATH.
+    Spec,
+    /// This very binary with `prefix` before `process.args`: the init opens
+    /// /proc/self/exe before pivot_root and execs that descriptor, so the
+    /// binary needs no path in the container (runc re-execs itself likewise).
+    SelfWith(&'a [&'a str]),
+}
+
 /// How long setup may take before the monitor gives up on the init.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -83,9 +94,10 @@ pub fn create(
     spec: &Spec,
     stdio: InitStdio,
     cgroup_dirs: &[PathBuf],
+    workload: Workload,
 ) -> Result<Box<dyn ContainerInit>, ExecError> {
     let (parent, child) = sync::pair().map_err(|source| ExecError::Sys { step: "socketpair", source })?;
-    let args = init::InitArgs { bundle, spec, cgroup_dirs };
+    let args = init::InitArgs { bundle, spec, cgroup_dirs, workload };
     // SAFETY: the caller is single-threaded (documented contract).
     let stage1 = match unsafe { fork() }.map_err(|source| ExecError::Sys { step: "fork", source })? {
         ForkResult::Child => {
