@@ -59,10 +59,6 @@ enum Command {
     /// Debugging: create and start an OCI bundle in the foreground.
     #[command(hide = true)]
     Run(runtime::linux::run_cmd::RunArgs),
-    /// Internal: the workload of a wasm container (run a WASI module).
-    #[cfg(feature = "wasm")]
-    #[command(hide = true)]
-    WasmRun(wasm::run::WasmRunArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,8 +77,6 @@ fn main() -> ExitCode {
         Command::PinNamespaces(args) => return helper_exit(sandbox::namespaces::pin_main(args)),
         Command::Exec(args) => return exit_code(runtime::linux::exec_cmd::exec_main(args)),
         Command::Run(args) => return exit_code(runtime::linux::run_cmd::run_main(args)),
-        #[cfg(feature = "wasm")]
-        Command::WasmRun(args) => return exit_code(wasm::run::main(args)),
         Command::Serve | Command::Config | Command::Check => {}
     }
     let file = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
@@ -101,7 +95,9 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Check => check::main(&config),
-        _ => unreachable!("handled above"),
+        Command::Version | Command::PinNamespaces(_) | Command::Exec(_) | Command::Run(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

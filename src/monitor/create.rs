@@ -75,15 +75,15 @@ fn linux_create(
 }
 
 #[cfg(feature = "wasm")]
-fn workload(kind: &RuntimeKind) -> Result<Workload<'static>, MonitorError> {
+fn workload(kind: &RuntimeKind) -> Result<Workload, MonitorError> {
     Ok(match kind {
-        RuntimeKind::Wasm => Workload::SelfWith(crate::wasm::RUN_PREFIX),
+        RuntimeKind::Wasm => Workload::InProcess(crate::wasm::run::load),
         _ => Workload::Spec,
     })
 }
 
 #[cfg(not(feature = "wasm"))]
-fn workload(kind: &RuntimeKind) -> Result<Workload<'static>, MonitorError> {
+fn workload(kind: &RuntimeKind) -> Result<Workload, MonitorError> {
     match kind {
         RuntimeKind::Wasm => {
             Err(MonitorError::Create("this cricket binary is built without WebAssembly support".into()))

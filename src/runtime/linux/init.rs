@@ -22,7 +22,7 @@ pub struct InitArgs<'a> {
     pub bundle: &'a Path,
     pub spec: &'a Spec,
     pub cgroup_dirs: &'a [PathBuf],
-    pub workload: super::Workload<'a>,
+    pub workload: super::Workload,
 }
 
 /// Runs in the monitor's forked child; never returns.
@@ -109,13 +109,6 @@ fn stage1_steps(args: &InitArgs, channel: &Channel) -> StepResult {
     }
 }
 
-fn open_self_exe() -> StepResult<OwnedFd> {
-    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::open("/proc/self/exe", flags, nix::sys::stat::Mode::empty()).ctx("open /proc/self/exe")?;
-    // SAFETY: open just returned this descriptor; nothing else owns it.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-}
-
 fn write_time_offsets(spec: &Spec) -> StepResult {
     let offsets = spec.linux().as_ref().and_then(|l| l.time_offsets().clone()).unwrap_or_default();
     for (clock, off) in offsets {
@@ -148,11 +141,6 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
         console,
         bind_devices: plan.creates(LinuxNamespaceType::User),
     };
-    // Still the host's /proc and filesystem: the binary is reachable here, not after pivot_root.
-    let self_exe = match args.workload {
-        super::Workload::Spec => None,
-        super::Workload::SelfWith(prefix) => Some((open_self_exe()?, prefix)),
-    };
     rootfs::prepare(spec, &ctx)?;
     rootfs::pivot(&root)?;
     let linux = spec.linux().clone().unwrap_or_default();
@@ -180,10 +168,7 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
             return Err(nix::errno::Errno::last()).ctx("TIOCSCTTY");
         }
     }
-    let mut prepared = process::secure(&proc_spec, linux.seccomp().as_ref(), apparmor, &mut warn)?;
-    if let Some((exe, prefix)) = self_exe {
-        prepared = prepared.run_self(exe, prefix)?;
-    }
+    let prepared = process::secure(&proc_spec, linux.seccomp().as_ref(), apparmor, &mut warn)?;
     for w in warnings {
         channel.send(&Msg::Warning(w)).ctx("sending a warning")?;
     }
@@ -194,5 +179,20 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
         // SAFETY: as in stage1, _exit without exit handlers.
         _ => unsafe { libc::_exit(1) },
     }
-    Ok(process::exec(prepared))
+    match args.workload {
+        super::Workload::Spec => Ok(process::exec(prepared)),
+        super::Workload::InProcess(load) => {
+            let env = proc_spec.env().clone().unwrap_or_default();
+            let run = match load(proc_spec.args().as_deref().unwrap_or_default(), &env) {
+                Ok(run) => run,
+                Err(failure) => return Ok(failure),
+            };
+            channel.send(&Msg::Running).ctx("reporting the start")?;
+            // Keep it from the workload; this process never returns to drop it.
+            let _ = nix::unistd::close(channel.0.as_raw_fd());
+            let code = run();
+            // SAFETY: as above, _exit without the monitor's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+    }
 }

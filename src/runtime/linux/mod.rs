@@ -46,16 +46,23 @@ use oci_spec::runtime::Spec;
 use super::{ContainerInit, InitStdio};
 use sync::{Channel, Msg};
 
-/// What the init executes once started.
+pub use process::ExecFailure;
+
+/// What the init runs once started.
 #[derive(Debug, Clone, Copy)]
-pub enum Workload<'a> {
-    /// `process.args`, found through the container's PATH.
+pub enum Workload {
+    /// execve of `process.args`, found through the container's PATH.
     Spec,
-    /// This very binary with `prefix` before `process.args`: the init opens
-    /// /proc/self/exe before pivot_root and execs that descriptor, so the
-    /// binary needs no path in the container (runc re-execs itself likewise).
-    SelfWith(&'a [&'a str]),
+    /// Code of this binary, run by the init itself in place of the execve
+    /// (every setting, seccomp included, already applied). The container's
+    /// filesystem need not hold this binary's dynamic loader and libraries,
+    /// which an exec of it after pivot_root would need.
+    InProcess(Loader),
 }
+
+/// Given `process.args` and `process.env`, loads the workload (failing as an
+/// exec would, reported by StartContainer) and returns what runs it to its exit code.
+pub type Loader = fn(&[String], &[String]) -> Result<Box<dyn FnOnce() -> i32>, ExecFailure>;
 
 /// How long setup may take before the monitor gives up on the init.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -172,7 +179,7 @@ impl ContainerInit for LinuxInit {
         self.channel.send(&Msg::Start).map_err(|e| format!("releasing the container init: {e}"))?;
         match self.channel.recv() {
             // The channel is CLOEXEC: EOF means execve succeeded.
-            Ok(None) => Ok(()),
+            Ok(None | Some(Msg::Running)) => Ok(()),
             Ok(Some(Msg::Error(e))) => Err(e),
             Ok(Some(other)) => Err(format!("container init: unexpected {other:?}")),
             Err(e) => Err(format!("container init: {e}")),

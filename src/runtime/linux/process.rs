@@ -3,7 +3,6 @@
 //! no_new_privileges, seccomp, cwd, and the exec itself.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -29,23 +28,7 @@ pub struct ExecFailure {
 pub struct Prepared {
     argv: Vec<CString>,
     envp: Vec<CString>,
-    program: Result<Program, ExecFailure>,
-}
-
-enum Program {
-    Path(CString),
-    /// An executable opened earlier (O_CLOEXEC), run with execveat(AT_EMPTY_PATH).
-    Fd(OwnedFd),
-}
-
-impl Prepared {
-    /// Runs `exe` instead of the looked-up program, with `prefix` before the
-    /// args (which stay as given: the program reads them as its own).
-    pub fn run_self(self, exe: OwnedFd, prefix: &[&str]) -> StepResult<Prepared> {
-        let mut argv = cstrings(&prefix.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        argv.extend(self.argv);
-        Ok(Prepared { argv, envp: self.envp, program: Ok(Program::Fd(exe)) })
-    }
+    program: Result<CString, ExecFailure>,
 }
 
 pub fn apparmor_enabled() -> bool {
@@ -104,7 +87,7 @@ pub fn secure(
         nix::unistd::chdir(&cwd).with(|| format!("chdir to cwd {:?} set in config.json", cwd.display().to_string()))?;
     }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(user.umask().unwrap_or(0o022)));
-    let program = lookup(&args[0], &env).map(Program::Path);
+    let program = lookup(&args[0], &env);
     if no_new_privs {
         nix::sys::prctl::set_no_new_privs().ctx("PR_SET_NO_NEW_PRIVS")?;
         // As late as possible, so the filter sees few setup syscalls.
@@ -163,19 +146,12 @@ pub fn exec(prepared: Prepared) -> ExecFailure {
         Ok(p) => p,
         Err(f) => return f,
     };
-    let (result, name) = match &program {
-        Program::Path(path) => (nix::unistd::execve(path, &prepared.argv, &prepared.envp), path.to_string_lossy()),
-        Program::Fd(fd) => (
-            nix::unistd::fexecve(fd.as_raw_fd(), &prepared.argv, &prepared.envp),
-            std::borrow::Cow::Borrowed("/proc/self/exe"),
-        ),
-    };
-    let err = match result {
+    let err = match nix::unistd::execve(&program, &prepared.argv, &prepared.envp) {
         Err(e) => e,
         Ok(never) => match never {},
     };
     let code = if err == Errno::ENOENT { 127 } else { 126 };
-    ExecFailure { code, message: format!("exec {name:?}: {}", err.desc()) }
+    ExecFailure { code, message: format!("exec {:?}: {}", program.to_string_lossy(), err.desc()) }
 }
 
 #[cfg(test)]
