@@ -57,6 +57,7 @@ pub enum Workload {
     /// (every setting, seccomp included, already applied). The container's
     /// filesystem need not hold this binary's dynamic loader and libraries,
     /// which an exec of it after pivot_root would need.
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
     InProcess(Loader),
 }
 
