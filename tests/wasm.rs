@@ -63,6 +63,9 @@ const APP_WAT: &str = r#"(module
     (call $proc_exit (i32.const 7))))
 "#;
 
+/// Parses, but needs an import WASI doesn't have.
+const UNLINKABLE_WAT: &str = r#"(module (import "env" "missing" (func)) (func (export "_start")))"#;
+
 /// Spins in wasm code until stopped.
 const SPIN_WAT: &str = r#"(module
   (memory (export "memory") 1)
@@ -82,7 +85,11 @@ impl Fixture {
         let registry = Registry::start().await;
         let host = registry.host();
         let spin = wat::parse_str(SPIN_WAT).unwrap();
-        let app = Tar::new().file("app.wat", 0o644, APP_WAT.as_bytes()).file("spin.wasm", 0o644, &spin).finish();
+        let app = Tar::new()
+            .file("app.wat", 0o644, APP_WAT.as_bytes())
+            .file("spin.wasm", 0o644, &spin)
+            .file("unlinkable.wat", 0o644, UNLINKABLE_WAT.as_bytes())
+            .finish();
         let image = Image::new(vec![busybox_layer(), Layer::new(app, Compression::Gzip)])
             .with("Entrypoint", serde_json::json!(["/app.wat"]));
         registry.push_image("wasm-app", "1", &image).await;
@@ -113,16 +120,33 @@ impl Fixture {
         }
     }
 
-    async fn run(&self, pod: &str, pc: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {
+    async fn create(&self, pod: &str, pc: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: pod.to_string(),
             config: Some(config),
             sandbox_config: Some(pc.clone()),
         };
-        let id = self.d.runtime().await.create_container(req).await.expect("CreateContainer").into_inner().container_id;
-        let req = cri::StartContainerRequest { container_id: id.clone() };
-        self.d.runtime().await.start_container(req).await.expect("StartContainer");
+        self.d.runtime().await.create_container(req).await.expect("CreateContainer").into_inner().container_id
+    }
+
+    async fn start(&self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::StartContainerRequest { container_id: id.to_string() };
+        self.d.runtime().await.start_container(req).await.map(|_| ())
+    }
+
+    async fn run(&self, pod: &str, pc: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {
+        let id = self.create(pod, pc, config).await;
+        self.start(&id).await.expect("StartContainer");
         id
+    }
+
+    async fn exec(&self, id: &str, cmd: &[&str]) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        let req = cri::ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        };
+        self.d.runtime().await.exec_sync(req).await.map(|r| r.into_inner())
     }
 
     async fn status(&self, id: &str) -> cri::ContainerStatus {
@@ -195,11 +219,18 @@ async fn binary_module_refuses_exec_and_stops_on_sigterm() {
     let f = Fixture::new().await;
     let (pod, pc) = f.pod("spin").await;
     let id = f.run(&pod, &pc, f.container("spin", &["/spin.wasm"], &[])).await;
-
-    let req = cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["/bin/true".into()], timeout: 10 };
-    let err = f.d.runtime().await.exec_sync(req).await.unwrap_err();
+    let err = f.exec(&id, &["/bin/true"]).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("WebAssembly"), "{err:?}");
+    // A Linux container of the same pod still takes commands.
+    let sleeper = f.run(&pod, &pc, f.container("sleeper", &["/bin/sleep", "1000"], &[])).await;
+    let out = f.exec(&sleeper, &["/bin/echo", "hi"]).await.expect("ExecSync in the Linux container");
+    assert_eq!((out.exit_code, out.stdout), (0, b"hi\n".to_vec()));
+    // A module that parses but can't be linked fails the start like a failed exec.
+    let bad = f.create(&pod, &pc, f.container("bad", &["/unlinkable.wat"], &[])).await;
+    let err = f.start(&bad).await.unwrap_err();
+    assert!(err.message().contains("/unlinkable.wat") && err.message().contains("missing"), "{err:?}");
+    assert_eq!(f.wait_exit(&bad).await.reason, "StartError");
 
     let started = Instant::now();
     let req = cri::StopContainerRequest { container_id: id.clone(), timeout: 30 };
