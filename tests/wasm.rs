@@ -211,6 +211,14 @@ async fn wasi_module_and_linux_binary_share_a_wasm_pod() {
     let st = f.wait_exit(&linux_id).await;
     assert_eq!(st.exit_code, 0, "{st:?}");
     assert_eq!(f.log("wasm", "sh"), ["stdout F linux Linux"]);
+
+    // Compiled once: the second run loads the cached module.
+    let cache = f.d.root.join("wasm-cache");
+    let cached = names(&cache);
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let again = f.run(&pod, &pc, f.container("again", &[], &[])).await;
+    assert_eq!(f.wait_exit(&again).await.exit_code, 99, "no volume this time: path_open fails");
+    assert_eq!(names(&cache), cached);
     f.finish(&[&pod]).await;
 }
 

@@ -69,7 +69,10 @@ impl Containers {
     /// The container's workload is a WebAssembly module (its monitor config says so).
     fn runs_wasm(&self, id: &str) -> bool {
         let path = self.run_dir(id).join("monitor.json");
-        matches!(state::read_json::<MonitorConfig>(&path), Ok(Some(MonitorConfig { runtime: RuntimeKind::Wasm, .. })))
+        matches!(
+            state::read_json::<MonitorConfig>(&path),
+            Ok(Some(MonitorConfig { runtime: RuntimeKind::Wasm { .. }, .. }))
+        )
     }
 }
 

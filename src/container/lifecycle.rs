@@ -181,7 +181,11 @@ impl Containers {
                     tokio::task::spawn_blocking(move || crate::wasm::detect::entrypoint_is_module(&rootfs, &spec))
                         .await
                         .map_err(|e| ContainerError::Create(e.to_string()))?;
-                Ok(if module { RuntimeKind::Wasm } else { RuntimeKind::Linux })
+                Ok(if module {
+                    RuntimeKind::Wasm { cache: self.config.root.join("wasm-cache") }
+                } else {
+                    RuntimeKind::Linux
+                })
             }
             (kind, _) => Err(ContainerError::Create(format!(
                 "runtime handler {name:?} (type {kind:?}) cannot run containers in this build"

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{MonitorConfig, RuntimeKind};
 use super::{sys, MonitorError};
-use crate::runtime::linux::Workload;
+use crate::runtime::linux::{Loader, Workload};
 use crate::runtime::oci::{OciRuntime, OciStdio};
 use crate::runtime::{ContainerInit, InitStdio};
 
@@ -27,13 +27,16 @@ pub struct Created {
 
 pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> {
     match &cfg.runtime {
-        RuntimeKind::Linux | RuntimeKind::Wasm => {
+        RuntimeKind::Linux | RuntimeKind::Wasm { .. } => {
             let config = cfg.bundle.join("config.json");
             let spec = oci_spec::runtime::Spec::load(&config)
                 .map_err(|e| MonitorError::Spec { path: config, reason: e.to_string() })?;
             let (stdio, streams) = local_stdio(cfg).map_err(MonitorError::Stdio)?;
-            let init = linux_create(&cfg.bundle, &spec, stdio, &cfg.cgroup_dirs, workload(&cfg.runtime)?)
-                .map_err(MonitorError::Create)?;
+            // Compiled here, on the host and before the fork: the init inherits the module.
+            let loader = wasm_loader(cfg, &spec)?;
+            let workload = loader.as_deref().map_or(Workload::Spec, Workload::InProcess);
+            let init =
+                linux_create(&cfg.bundle, &spec, stdio, &cfg.cgroup_dirs, workload).map_err(MonitorError::Create)?;
             Ok(Created { init, streams, runtime: None })
         }
         RuntimeKind::Oci { path, root } => {
@@ -75,20 +78,20 @@ fn linux_create(
 }
 
 #[cfg(feature = "wasm")]
-fn workload(kind: &RuntimeKind) -> Result<Workload, MonitorError> {
-    Ok(match kind {
-        RuntimeKind::Wasm => Workload::InProcess(crate::wasm::run::load),
-        _ => Workload::Spec,
-    })
+fn wasm_loader(cfg: &MonitorConfig, spec: &oci_spec::runtime::Spec) -> Result<Option<Box<Loader>>, MonitorError> {
+    let RuntimeKind::Wasm { cache } = &cfg.runtime else { return Ok(None) };
+    let compiled = crate::wasm::run::Compiled::prepare(&cfg.bundle, spec, cache)
+        .map_err(|e| MonitorError::Create(e.to_string()))?;
+    Ok(Some(Box::new(move |args: &[String], env: &[String]| compiled.load(args, env))))
 }
 
 #[cfg(not(feature = "wasm"))]
-fn workload(kind: &RuntimeKind) -> Result<Workload, MonitorError> {
-    match kind {
-        RuntimeKind::Wasm => {
+fn wasm_loader(cfg: &MonitorConfig, _spec: &oci_spec::runtime::Spec) -> Result<Option<Box<Loader>>, MonitorError> {
+    match cfg.runtime {
+        RuntimeKind::Wasm { .. } => {
             Err(MonitorError::Create("this cricket binary is built without WebAssembly support".into()))
         }
-        _ => Ok(Workload::Spec),
+        _ => Ok(None),
     }
 }
 

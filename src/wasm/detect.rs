@@ -21,7 +21,7 @@ pub fn entrypoint_is_module(root: &Path, spec: &Spec) -> bool {
 
 /// The host path of `process.args[0]` as the exec would find it: relative
 /// to the cwd when it has a slash, else through the container's PATH.
-fn entrypoint(root: &Path, spec: &Spec) -> Option<PathBuf> {
+pub fn entrypoint(root: &Path, spec: &Spec) -> Option<PathBuf> {
     let process = spec.process().as_ref()?;
     let name = process.args().as_ref()?.first()?;
     if name.contains('/') {

@@ -1,19 +1,23 @@
-//! Running a WASI preview1 module as a container's workload. The built-in
-//! executor calls `load` inside the container's init, after every setting
+//! Running a WASI preview1 module as a container's workload. The monitor
+//! compiles it (`Compiled::prepare`); the built-in executor calls `load`
+//! inside the container's init, after every setting
 //! (namespaces, pivot_root, user, capabilities, seccomp) and in the
 //! container's cwd: the module sees the container's "/" preopened as "/",
 //! its args and environment and the init's stdio; its exit code is the init's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
+use oci_spec::runtime::Spec;
+use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, Linker, Module, Store, Trap, TypedFunc};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use super::detect;
 use crate::runtime::linux::ExecFailure;
 
 /// Signals that stop the module; as PID 1 of its namespace the init would otherwise ignore them.
@@ -23,9 +27,11 @@ const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGH
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
-enum LoadError {
-    #[error("no module: process.args is empty")]
+pub enum LoadError {
+    #[error("no module: process.args is empty or names no file in the rootfs")]
     NoModule,
+    #[error("rootfs {path}: {source}")]
+    Root { path: String, source: std::io::Error },
     #[error("reading module {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("module {path}: {reason}")]
@@ -36,22 +42,77 @@ enum LoadError {
     Engine(String),
 }
 
-impl LoadError {
-    /// As a shell reports a failed exec: 127 for a missing file, else 126.
-    fn failure(self) -> ExecFailure {
-        let code = match &self {
-            LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
-            _ => 126,
-        };
-        ExecFailure { code, message: self.to_string() }
+/// A module compiled on the host side (by the monitor, before it forks the
+/// init, which inherits it), through the cache of compiled modules.
+pub struct Compiled {
+    engine: Engine,
+    module: Module,
+}
+
+impl Compiled {
+    /// Compiles the spec's entrypoint, found in the bundle's rootfs, or takes
+    /// it from `cache` (by the digest of the module file). Cache trouble only warns.
+    pub fn prepare(bundle: &Path, spec: &Spec, cache: &Path) -> Result<Compiled, LoadError> {
+        let rel = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
+        let root = bundle.join(&rel);
+        let root = std::fs::canonicalize(&root)
+            .map_err(|source| LoadError::Root { path: root.display().to_string(), source })?;
+        let file = detect::entrypoint(&root, spec).ok_or(LoadError::NoModule)?;
+        let path = file.display().to_string();
+        let bytes = std::fs::read(&file).map_err(|source| LoadError::Read { path: path.clone(), source })?;
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let cached = cache.join(format!("{}.cwasm", hex::encode(Sha256::digest(&bytes))));
+        // Read, not mapped (deserialize_file): wasmtime would keep using the file's
+        // descriptor for memory images, and the init closes every inherited one.
+        if let Ok(data) = std::fs::read(&cached) {
+            // SAFETY: the cache is written only by cricket, under its root dir, and
+            // keyed by content; wasmtime checks the engine's version and settings.
+            if let Ok(module) = unsafe { Module::deserialize(&engine, &data) } {
+                return Ok(Compiled { engine, module });
+            }
+        }
+        // Module::new takes the binary format, or the text format thanks to the `wat` feature.
+        let module = Module::new(&engine, &bytes)
+            .map_err(|e| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") })?;
+        if let Err(e) = store(&module, &cached) {
+            eprintln!("cricket: warning: caching compiled module {}: {e}", cached.display());
+        }
+        Ok(Compiled { engine, module })
+    }
+
+    /// A `runtime::linux::Loader`: instantiates the module for `args` and
+    /// `env` ("KEY=VALUE"); the returned closure runs `_start` to the exit code.
+    pub fn load(&self, args: &[String], env: &[String]) -> Result<Box<dyn FnOnce() -> i32>, ExecFailure> {
+        let loaded = self.instantiate(args, env).map_err(|e| ExecFailure { code: 126, message: e.to_string() })?;
+        Ok(Box::new(move || loaded.run()))
+    }
+
+    fn instantiate(&self, args: &[String], env: &[String]) -> Result<Loaded, LoadError> {
+        let path = args.first().ok_or(LoadError::NoModule)?.clone();
+        let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
+        let mut linker: Linker<WasiP1Ctx> = Linker::new(&self.engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let mut store = Store::new(&self.engine, wasi_ctx(args, env)?);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_trap();
+        let instance = linker.instantiate(&mut store, &self.module).map_err(invalid)?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start").map_err(invalid)?;
+        Ok(Loaded { path, engine: self.engine.clone(), store, start })
     }
 }
 
-/// A `runtime::linux::Loader`: compiles and instantiates `args[0]` with `env`
-/// ("KEY=VALUE"); the returned closure runs `_start` to the exit code.
-pub fn load(args: &[String], env: &[String]) -> Result<Box<dyn FnOnce() -> i32>, ExecFailure> {
-    let loaded = Loaded::new(args, env).map_err(LoadError::failure)?;
-    Ok(Box::new(move || loaded.run()))
+/// Written under a unique name and renamed: monitors may compile the same module at once.
+fn store(module: &Module, to: &Path) -> Result<(), String> {
+    let dir = to.parent().ok_or("no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let data = module.serialize().map_err(|e| format!("{e:#}"))?;
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, to)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        e.to_string()
+    })
 }
 
 struct Loaded {
@@ -62,25 +123,6 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn new(args: &[String], env: &[String]) -> Result<Loaded, LoadError> {
-        let path = args.first().ok_or(LoadError::NoModule)?.clone();
-        let bytes = std::fs::read(Path::new(&path)).map_err(|source| LoadError::Read { path: path.clone(), source })?;
-        let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        // Module::new takes the binary format, or the text format thanks to the `wat` feature.
-        let module = Module::new(&engine, &bytes).map_err(invalid)?;
-        let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        let mut store = Store::new(&engine, wasi_ctx(args, env)?);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_trap();
-        let instance = linker.instantiate(&mut store, &module).map_err(invalid)?;
-        let start = instance.get_typed_func::<(), ()>(&mut store, "_start").map_err(invalid)?;
-        Ok(Loaded { path, engine, store, start })
-    }
-
     fn run(mut self) -> i32 {
         let stopped = match watch_signals(self.engine.clone()) {
             Ok(s) => s,

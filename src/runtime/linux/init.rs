@@ -22,7 +22,7 @@ pub struct InitArgs<'a> {
     pub bundle: &'a Path,
     pub spec: &'a Spec,
     pub cgroup_dirs: &'a [PathBuf],
-    pub workload: super::Workload,
+    pub workload: super::Workload<'a>,
 }
 
 /// Runs in the monitor's forked child; never returns.

@@ -49,8 +49,8 @@ use sync::{Channel, Msg};
 pub use process::ExecFailure;
 
 /// What the init runs once started.
-#[derive(Debug, Clone, Copy)]
-pub enum Workload {
+#[derive(Clone, Copy)]
+pub enum Workload<'a> {
     /// execve of `process.args`, found through the container's PATH.
     Spec,
     /// Code of this binary, run by the init itself in place of the execve
@@ -58,12 +58,12 @@ pub enum Workload {
     /// filesystem need not hold this binary's dynamic loader and libraries,
     /// which an exec of it after pivot_root would need.
     #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
-    InProcess(Loader),
+    InProcess(&'a Loader),
 }
 
 /// Given `process.args` and `process.env`, loads the workload (failing as an
 /// exec would, reported by StartContainer) and returns what runs it to its exit code.
-pub type Loader = fn(&[String], &[String]) -> Result<Box<dyn FnOnce() -> i32>, ExecFailure>;
+pub type Loader = dyn Fn(&[String], &[String]) -> Result<Box<dyn FnOnce() -> i32>, ExecFailure>;
 
 /// How long setup may take before the monitor gives up on the init.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
