@@ -346,6 +346,9 @@ fn handler_check(name: &str, handler: &RuntimeHandler) -> Check {
             Ok(()) => Check::ok(check, format!("oci runtime {}", path.display())),
             Err(why) => Check::fail(check, format!("oci runtime {} {why}", path.display())),
         },
+        (HandlerKind::Wasm, _) if cfg!(feature = "wasm") => {
+            Check::ok(check, "wasm (built in: WASI preview1 modules; other entrypoints run as linux)")
+        }
         (HandlerKind::Wasm, _) => Check::fail(
             check,
             format!(
@@ -572,7 +575,13 @@ mod tests {
 
         assert_eq!(handler_check("default", &RuntimeHandler { kind: HandlerKind::Linux, path: None }).level, Level::Ok);
         let c = handler_check("w", &RuntimeHandler { kind: HandlerKind::Wasm, path: None });
-        assert!(c.level == Level::Fail && c.message.contains("not built into") && c.message.contains("[runtimes.w]"));
+        if cfg!(feature = "wasm") {
+            assert!(c.level == Level::Ok && c.message.starts_with("wasm (built in"), "{c}");
+        } else {
+            assert!(
+                c.level == Level::Fail && c.message.contains("not built into") && c.message.contains("[runtimes.w]")
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ mod server;
 mod sockpath;
 mod state;
 mod streaming;
+#[cfg(feature = "wasm")]
+mod wasm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::*;
+use crate::monitor::config::{MonitorConfig, RuntimeKind};
 use crate::sandbox::namespaces::helper_command;
 
 /// Output kept per stream; more is dropped (kubelet caps probe output far lower).
@@ -90,6 +91,9 @@ impl Containers {
         if cmd.is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
+        if self.runs_wasm(&st.id) {
+            return Err(ContainerError::NotExecutable(st.id));
+        }
         Ok(st)
     }
 
@@ -116,6 +120,17 @@ impl Containers {
     pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout_secs: i64) -> Result<ExecOutput, ContainerError> {
         let prepared = self.prepare_exec(id, cmd, false)?;
         run(id, prepared, timeout_secs).await
+    }
+}
+
+impl Containers {
+    /// The container's workload is a WebAssembly module (its monitor config says so).
+    fn runs_wasm(&self, id: &str) -> bool {
+        let path = self.run_dir(id).join("monitor.json");
+        matches!(
+            state::read_json::<MonitorConfig>(&path),
+            Ok(Some(MonitorConfig { runtime: RuntimeKind::Wasm { .. }, .. }))
+        )
     }
 }
 

@@ -113,7 +113,7 @@ impl Containers {
             stdin: config.stdin,
             stdin_once: config.stdin_once,
             tty: config.tty,
-            runtime: self.runtime_kind(&sandbox.runtime_handler)?,
+            runtime: self.runtime_kind(&sandbox.runtime_handler, &built.spec, &fs.target).await?,
         };
         let monitor_json = run_dir.join("monitor.json");
         let cg_resources = resources.as_ref().map(Resources::from_cri).unwrap_or_default();
@@ -157,8 +157,14 @@ impl Containers {
         Ok(Container::new(st, Some(lease)))
     }
 
-    /// How the pod's runtime handler creates containers.
-    fn runtime_kind(&self, handler: &str) -> Result<RuntimeKind, ContainerError> {
+    /// How the pod's runtime handler creates this container.
+    #[cfg_attr(not(feature = "wasm"), allow(unused_variables))]
+    async fn runtime_kind(
+        &self,
+        handler: &str,
+        spec: &oci_spec::runtime::Spec,
+        rootfs: &std::path::Path,
+    ) -> Result<RuntimeKind, ContainerError> {
         let name = if handler.is_empty() { "default" } else { handler };
         let h = self.config.runtimes.get(name).ok_or_else(|| {
             ContainerError::Create(format!("runtime handler {name:?} of the pod is no longer configured"))
@@ -167,6 +173,19 @@ impl Containers {
             (HandlerKind::Linux, _) => Ok(RuntimeKind::Linux),
             (HandlerKind::Oci, Some(path)) => {
                 Ok(RuntimeKind::Oci { path: path.clone(), root: self.config.run.join("runtimes").join(name) })
+            }
+            #[cfg(feature = "wasm")]
+            (HandlerKind::Wasm, _) => {
+                let (spec, rootfs) = (spec.clone(), rootfs.to_path_buf());
+                let module =
+                    tokio::task::spawn_blocking(move || crate::wasm::detect::entrypoint_is_module(&rootfs, &spec))
+                        .await
+                        .map_err(|e| ContainerError::Create(e.to_string()))?;
+                Ok(if module {
+                    RuntimeKind::Wasm { cache: self.config.root.join("wasm-cache") }
+                } else {
+                    RuntimeKind::Linux
+                })
             }
             (kind, _) => Err(ContainerError::Create(format!(
                 "runtime handler {name:?} (type {kind:?}) cannot run containers in this build"

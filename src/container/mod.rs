@@ -64,6 +64,8 @@ pub enum ContainerError {
     Monitor { id: String, reason: String },
     #[error("exec in container {id}: {reason}")]
     Exec { id: String, reason: String },
+    #[error("container {0} runs a WebAssembly module: there is no process to exec commands beside it")]
+    NotExecutable(String),
     #[error("command in container {id} did not finish within {secs}s and was killed")]
     ExecTimeout { id: String, secs: i64 },
     #[error("{path}: {source}")]

@@ -43,6 +43,12 @@ pub enum RuntimeKind {
         /// The runtime's state directory (`--root`).
         root: PathBuf,
     },
+    /// The built-in executor whose init runs `process.args[0]` as a
+    /// WebAssembly module in place of an execve.
+    Wasm {
+        /// Compiled modules by digest of the module file (host side, root's).
+        cache: PathBuf,
+    },
 }
 
 /// The one line the monitor writes to its stdout once the init exists (or
@@ -89,6 +95,9 @@ mod tests {
         let oci = format!(r#"{base},"runtime":{{"type":"oci","path":"/usr/sbin/runc","root":"/r"}}}}"#);
         let cfg: MonitorConfig = serde_json::from_str(&oci).unwrap();
         assert_eq!(cfg.runtime, RuntimeKind::Oci { path: "/usr/sbin/runc".into(), root: "/r".into() });
+        let wasm = format!(r#"{base},"runtime":{{"type":"wasm","cache":"/c"}}}}"#);
+        let wasm: MonitorConfig = serde_json::from_str(&wasm).unwrap();
+        assert_eq!(wasm.runtime, RuntimeKind::Wasm { cache: "/c".into() });
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{MonitorConfig, RuntimeKind};
 use super::{sys, MonitorError};
+use crate::runtime::linux::{Loader, Workload};
 use crate::runtime::oci::{OciRuntime, OciStdio};
 use crate::runtime::{ContainerInit, InitStdio};
 
@@ -26,12 +27,16 @@ pub struct Created {
 
 pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> {
     match &cfg.runtime {
-        RuntimeKind::Linux => {
+        RuntimeKind::Linux | RuntimeKind::Wasm { .. } => {
             let config = cfg.bundle.join("config.json");
             let spec = oci_spec::runtime::Spec::load(&config)
                 .map_err(|e| MonitorError::Spec { path: config, reason: e.to_string() })?;
             let (stdio, streams) = local_stdio(cfg).map_err(MonitorError::Stdio)?;
-            let init = linux_create(&cfg.bundle, &spec, stdio, &cfg.cgroup_dirs).map_err(MonitorError::Create)?;
+            // Compiled here, on the host and before the fork: the init inherits the module.
+            let loader = wasm_loader(cfg, &spec)?;
+            let workload = loader.as_deref().map_or(Workload::Spec, Workload::InProcess);
+            let init =
+                linux_create(&cfg.bundle, &spec, stdio, &cfg.cgroup_dirs, workload).map_err(MonitorError::Create)?;
             Ok(Created { init, streams, runtime: None })
         }
         RuntimeKind::Oci { path, root } => {
@@ -67,8 +72,27 @@ fn linux_create(
     spec: &oci_spec::runtime::Spec,
     stdio: InitStdio,
     cgroup_dirs: &[PathBuf],
+    workload: Workload,
 ) -> Result<Box<dyn ContainerInit>, String> {
-    crate::runtime::linux::create(bundle, spec, stdio, cgroup_dirs).map_err(|e| e.to_string())
+    crate::runtime::linux::create(bundle, spec, stdio, cgroup_dirs, workload).map_err(|e| e.to_string())
+}
+
+#[cfg(feature = "wasm")]
+fn wasm_loader(cfg: &MonitorConfig, spec: &oci_spec::runtime::Spec) -> Result<Option<Box<Loader>>, MonitorError> {
+    let RuntimeKind::Wasm { cache } = &cfg.runtime else { return Ok(None) };
+    let compiled = crate::wasm::run::Compiled::prepare(&cfg.bundle, spec, cache)
+        .map_err(|e| MonitorError::Create(e.to_string()))?;
+    Ok(Some(Box::new(move |args: &[String], env: &[String]| compiled.load(args, env))))
+}
+
+#[cfg(not(feature = "wasm"))]
+fn wasm_loader(cfg: &MonitorConfig, _spec: &oci_spec::runtime::Spec) -> Result<Option<Box<Loader>>, MonitorError> {
+    match cfg.runtime {
+        RuntimeKind::Wasm { .. } => {
+            Err(MonitorError::Create("this cricket binary is built without WebAssembly support".into()))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// A created container whose stdio could not be set up: kill it and drop its runtime state.

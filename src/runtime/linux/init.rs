@@ -22,6 +22,7 @@ pub struct InitArgs<'a> {
     pub bundle: &'a Path,
     pub spec: &'a Spec,
     pub cgroup_dirs: &'a [PathBuf],
+    pub workload: super::Workload<'a>,
 }
 
 /// Runs in the monitor's forked child; never returns.
@@ -179,5 +180,20 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
         // SAFETY: as in stage1, _exit without exit handlers.
         _ => unsafe { libc::_exit(1) },
     }
-    Ok(process::exec(prepared))
+    match args.workload {
+        super::Workload::Spec => Ok(process::exec(prepared)),
+        super::Workload::InProcess(load) => {
+            let env = proc_spec.env().clone().unwrap_or_default();
+            let run = match load(proc_spec.args().as_deref().unwrap_or_default(), &env) {
+                Ok(run) => run,
+                Err(failure) => return Ok(failure),
+            };
+            channel.send(&Msg::Running).ctx("reporting the start")?;
+            // Keep it from the workload; this process never returns to drop it.
+            let _ = nix::unistd::close(channel.0.as_raw_fd());
+            let code = run();
+            // SAFETY: as above, _exit without the monitor's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+    }
 }

@@ -46,6 +46,25 @@ use oci_spec::runtime::Spec;
 use super::{ContainerInit, InitStdio};
 use sync::{Channel, Msg};
 
+pub use process::ExecFailure;
+
+/// What the init runs once started.
+#[derive(Clone, Copy)]
+pub enum Workload<'a> {
+    /// execve of `process.args`, found through the container's PATH.
+    Spec,
+    /// Code of this binary, run by the init itself in place of the execve
+    /// (every setting, seccomp included, already applied). The container's
+    /// filesystem need not hold this binary's dynamic loader and libraries,
+    /// which an exec of it after pivot_root would need.
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
+    InProcess(&'a Loader),
+}
+
+/// Given `process.args` and `process.env`, loads the workload (failing as an
+/// exec would, reported by StartContainer) and returns what runs it to its exit code.
+pub type Loader = dyn Fn(&[String], &[String]) -> Result<Box<dyn FnOnce() -> i32>, ExecFailure>;
+
 /// How long setup may take before the monitor gives up on the init.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -83,9 +102,10 @@ pub fn create(
     spec: &Spec,
     stdio: InitStdio,
     cgroup_dirs: &[PathBuf],
+    workload: Workload,
 ) -> Result<Box<dyn ContainerInit>, ExecError> {
     let (parent, child) = sync::pair().map_err(|source| ExecError::Sys { step: "socketpair", source })?;
-    let args = init::InitArgs { bundle, spec, cgroup_dirs };
+    let args = init::InitArgs { bundle, spec, cgroup_dirs, workload };
     // SAFETY: the caller is single-threaded (documented contract).
     let stage1 = match unsafe { fork() }.map_err(|source| ExecError::Sys { step: "fork", source })? {
         ForkResult::Child => {
@@ -160,7 +180,7 @@ impl ContainerInit for LinuxInit {
         self.channel.send(&Msg::Start).map_err(|e| format!("releasing the container init: {e}"))?;
         match self.channel.recv() {
             // The channel is CLOEXEC: EOF means execve succeeded.
-            Ok(None) => Ok(()),
+            Ok(None | Some(Msg::Running)) => Ok(()),
             Ok(Some(Msg::Error(e))) => Err(e),
             Ok(Some(other)) => Err(format!("container init: unexpected {other:?}")),
             Err(e) => Err(format!("container init: {e}")),

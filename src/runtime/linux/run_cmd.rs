@@ -49,7 +49,8 @@ fn run(args: &RunArgs) -> Result<i32, String> {
         stdout: dup(std::io::stdout().as_fd())?,
         stderr: dup(std::io::stderr().as_fd())?,
     };
-    let init = super::create(&args.bundle, &spec, stdio, &args.cgroups).map_err(|e| e.to_string())?;
+    let init =
+        super::create(&args.bundle, &spec, stdio, &args.cgroups, super::Workload::Spec).map_err(|e| e.to_string())?;
     let pid = Pid::from_raw(init.pid());
     signals::forward_to(pid);
     if let Some(file) = &args.pid_file {

@@ -22,6 +22,8 @@ pub enum Msg {
     Ready,
     /// Monitor → init: exec the workload.
     Start,
+    /// Init → monitor: an in-process workload was loaded and runs (an exec reports by EOF).
+    Running,
     /// Child → monitor: a step failed; the child exits.
     Error(String),
 }
@@ -35,6 +37,7 @@ impl Msg {
             Msg::Warning(w) => (b'W', w.clone()),
             Msg::Ready => (b'R', String::new()),
             Msg::Start => (b'S', String::new()),
+            Msg::Running => (b'X', String::new()),
             Msg::Error(e) => (b'E', e.clone()),
         };
         let mut out = vec![tag];
@@ -52,6 +55,7 @@ impl Msg {
             b'W' => Msg::Warning(body),
             b'R' => Msg::Ready,
             b'S' => Msg::Start,
+            b'X' => Msg::Running,
             b'E' => Msg::Error(body),
             _ => return None,
         })
@@ -98,7 +102,13 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let (a, b) = pair().unwrap();
-        for msg in [Msg::InitPid(42), Msg::Warning("w".into()), Msg::Error("mount /proc: EPERM".into()), Msg::Ready] {
+        for msg in [
+            Msg::InitPid(42),
+            Msg::Warning("w".into()),
+            Msg::Error("mount /proc: EPERM".into()),
+            Msg::Ready,
+            Msg::Running,
+        ] {
             a.send(&msg).unwrap();
             assert_eq!(b.recv().unwrap(), Some(msg));
         }

@@ -1,0 +1,83 @@
+//! Whether a container's entrypoint is a WebAssembly module. Decided per
+//! container from the file in its mounted rootfs, so ELF binaries and
+//! scripts in a pod of a wasm handler still run as Linux processes.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+use crate::rootpath::resolve_in_root;
+
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+/// Text modules larger than this are not parsed to decide.
+const MAX_WAT: u64 = 64 << 20;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The spec's entrypoint is a binary module (`\0asm`) or a `.wat` file that parses.
+pub fn entrypoint_is_module(root: &Path, spec: &Spec) -> bool {
+    entrypoint(root, spec).is_some_and(|p| is_module(&p))
+}
+
+/// The host path of `process.args[0]` as the exec would find it: relative
+/// to the cwd when it has a slash, else through the container's PATH.
+pub fn entrypoint(root: &Path, spec: &Spec) -> Option<PathBuf> {
+    let process = spec.process().as_ref()?;
+    let name = process.args().as_ref()?.first()?;
+    if name.contains('/') {
+        return resolve_in_root(root, &process.cwd().join(name)).ok();
+    }
+    let env = process.env().clone().unwrap_or_default();
+    let path = env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
+    path.split(':').filter_map(|dir| resolve_in_root(root, &Path::new(dir).join(name)).ok()).find(|p| p.is_file())
+}
+
+fn is_module(path: &Path) -> bool {
+    let Ok(mut file) = std::fs::File::open(path) else { return false };
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_ok() && &magic == WASM_MAGIC {
+        return true;
+    }
+    if path.extension().is_none_or(|e| e != "wat") || file.metadata().map_or(true, |m| m.len() > MAX_WAT) {
+        return false;
+    }
+    std::fs::read_to_string(path).is_ok_and(|text| wat::parse_str(text).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{ProcessBuilder, SpecBuilder};
+
+    fn spec(args: &[&str], env: &[&str]) -> Spec {
+        let process = ProcessBuilder::default()
+            .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .env(env.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .cwd("/work")
+            .build()
+            .unwrap();
+        SpecBuilder::default().process(process).build().unwrap()
+    }
+
+    #[test]
+    fn decides_by_content_not_name() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("work")).unwrap();
+        std::fs::create_dir_all(r.join("bin")).unwrap();
+        std::fs::write(r.join("app.wasm"), wat::parse_str("(module)").unwrap()).unwrap();
+        std::fs::write(r.join("work/app.wat"), "(module (memory 1))").unwrap();
+        std::fs::write(r.join("broken.wat"), "(module (oops))").unwrap();
+        std::fs::write(r.join("bin/tool"), b"\x7fELF\x02\x01\x01").unwrap();
+        std::fs::write(r.join("bin/mod"), wat::parse_str("(module)").unwrap()).unwrap();
+        std::os::unix::fs::symlink("/app.wasm", r.join("link")).unwrap();
+
+        assert!(entrypoint_is_module(r, &spec(&["/app.wasm", "x"], &[])));
+        assert!(entrypoint_is_module(r, &spec(&["./app.wat"], &[])));
+        assert!(entrypoint_is_module(r, &spec(&["/link"], &[])));
+        assert!(entrypoint_is_module(r, &spec(&["mod"], &["PATH=/nowhere:/bin"])));
+        assert!(!entrypoint_is_module(r, &spec(&["/broken.wat"], &[])));
+        assert!(!entrypoint_is_module(r, &spec(&["tool"], &["PATH=/bin"])));
+        assert!(!entrypoint_is_module(r, &spec(&["/missing"], &[])));
+    }
+}
