@@ -556,15 +556,13 @@ async fn port_forward_reaches_a_port_in_the_pod() {
     f.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn attach_relays_stdin_and_output_and_detaches() {
-    let f = Fixture::new().await;
-    // A shell reading commands from its stdin, kept open for attach.
+/// Starts a shell reading commands from its stdin, kept open for attach (stdin_once).
+async fn shell(f: &Fixture, name: &str) -> String {
     let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: "shell".into(), attempt: 0 }),
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
         image: Some(cri::ImageSpec { image: f.image.clone(), ..Default::default() }),
         command: vec!["/bin/sh".into()],
-        log_path: "shell.log".into(),
+        log_path: format!("{name}.log"),
         stdin: true,
         stdin_once: true,
         ..Default::default()
@@ -577,6 +575,14 @@ async fn attach_relays_stdin_and_output_and_detaches() {
     let mut rt = f.d.runtime().await;
     let id = rt.create_container(req).await.unwrap().into_inner().container_id;
     rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_relays_stdin_and_output_and_detaches() {
+    let f = Fixture::new().await;
+    let mut rt = f.d.runtime().await;
+    let id = shell(&f, "shell").await;
     let attach = |stdin: bool, tty: bool| cri::AttachRequest {
         container_id: id.clone(),
         stdin,
@@ -628,22 +634,7 @@ async fn attach_relays_stdin_and_output_and_detaches() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 
     // The same over WebSocket (v5: stdin is closed with [255, 0]).
-    let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: "ws-shell".into(), attempt: 0 }),
-        image: Some(cri::ImageSpec { image: f.image.clone(), ..Default::default() }),
-        command: vec!["/bin/sh".into()],
-        log_path: "ws-shell.log".into(),
-        stdin: true,
-        stdin_once: true,
-        ..Default::default()
-    };
-    let req = cri::CreateContainerRequest {
-        pod_sandbox_id: f.pod.clone(),
-        config: Some(config),
-        sandbox_config: Some(f.pod_config.clone()),
-    };
-    let ws_id = rt.create_container(req).await.unwrap().into_inner().container_id;
-    rt.start_container(cri::StartContainerRequest { container_id: ws_id.clone() }).await.unwrap();
+    let ws_id = shell(&f, "ws-shell").await;
     let req = cri::AttachRequest { container_id: ws_id, ..attach(true, false) };
     let url = rt.attach(req).await.unwrap().into_inner().url;
     let channels = ws_exec(&url, "v5.channel.k8s.io", Some(b"echo ws-hello\n")).await;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::Mutex;
 
-use super::exec::{gather, read_sizes, Io, Output, Wanted};
+use super::exec::{gather, read_sizes, Io, Wanted};
 use super::protocol::{Exit, Protocol};
 use super::session::Session;
 
@@ -34,14 +34,7 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: AttachRequest,
     };
     let error = streams.error.as_ref().map(|s| s.id).expect("gathered");
     let sender = session.sender.clone();
-    let output = |s: &Option<super::session::Stream>| s.as_ref().map(|s| Output::Spdy(sender.clone(), s.id));
-    let io = Io {
-        stdout: output(&streams.stdout),
-        stderr: output(&streams.stderr),
-        stdin: streams.stdin.take().map(|s| s.data),
-        resize: streams.resize.take().map(|s| s.data),
-        closed: session.closed.clone(),
-    };
+    let io = streams.io(&session);
     if let Some(exit) = bridge(io, req.tty, &socket).await {
         if let Some(report) = protocol.exit_report(&exit) {
             sender.data(error, report).await;

@@ -49,6 +49,18 @@ impl Streams {
             && (!resize || self.resize.is_some())
     }
 
+    /// The SPDY streams as a session's Io; stdin and resize are taken out.
+    pub fn io(&mut self, session: &Session) -> Io {
+        let output = |s: &Option<Stream>| s.as_ref().map(|s| Output::Spdy(session.sender.clone(), s.id));
+        Io {
+            stdout: output(&self.stdout),
+            stderr: output(&self.stderr),
+            stdin: self.stdin.take().map(|s| s.data),
+            resize: self.resize.take().map(|s| s.data),
+            closed: session.closed.clone(),
+        }
+    }
+
     pub fn add(&mut self, stream: Stream) {
         let slot = match stream.headers.get("streamtype") {
             Some("error") => &mut self.error,
@@ -88,14 +100,7 @@ pub async fn serve(mut session: Session, protocol: Protocol, req: ExecRequest, c
         return session.finish().await;
     };
     let sender = session.sender.clone();
-    let output = |s: &Option<Stream>| s.as_ref().map(|s| Output::Spdy(sender.clone(), s.id));
-    let io = Io {
-        stdout: output(&streams.stdout),
-        stderr: output(&streams.stderr),
-        stdin: streams.stdin.take().map(|s| s.data),
-        resize: streams.resize.take().map(|s| s.data),
-        closed: session.closed.clone(),
-    };
+    let io = streams.io(&session);
     if let Some(exit) = run(io, &req, &containers).await {
         let error = streams.error.as_ref().map(|s| s.id).expect("gathered");
         if let Some(report) = protocol.exit_report(&exit) {
