@@ -425,32 +425,35 @@ async fn crictl_exec_works() {
     assert!(text.contains("on-a-terminal"), "{text}");
 
     f.run("echo", "nc -ll -p 8080 -e cat").await;
-    let port = free_port();
-    let mut forward = std::process::Command::new(CRICTL)
-        .arg("--runtime-endpoint")
-        .arg(format!("unix://{}", f.d.socket.display()))
-        .args(["port-forward", &f.pod, &format!("{port}:8080")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut echoed = String::new();
-    for _ in 0..50 {
-        if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)).await {
-            conn.write_all(b"via crictl\n").await.unwrap();
-            let mut buf = [0u8; 64];
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await {
-                echoed = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if !echoed.is_empty() {
-                    break;
+    // SPDY, and SPDY tunnelled in WebSocket.
+    for transport in ["spdy", "websocket"] {
+        let port = free_port();
+        let mut forward = std::process::Command::new(CRICTL)
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", f.d.socket.display()))
+            .args(["port-forward", "--transport", transport, &f.pod, &format!("{port}:8080")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut echoed = String::new();
+        for _ in 0..50 {
+            if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)).await {
+                conn.write_all(b"via crictl\n").await.unwrap();
+                let mut buf = [0u8; 64];
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await {
+                    echoed = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if !echoed.is_empty() {
+                        break;
+                    }
                 }
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = forward.kill();
+        let _ = forward.wait();
+        assert_eq!(echoed, "via crictl\n", "crictl port-forward --transport {transport}");
     }
-    let _ = forward.kill();
-    let _ = forward.wait();
-    assert_eq!(echoed, "via crictl\n");
     f.finish().await;
 }
 

@@ -225,7 +225,7 @@ fn port_forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("SPDY/3.1")));
     if !spdy {
-        return text(StatusCode::BAD_REQUEST, "port forwarding needs `Upgrade: SPDY/3.1`\n".into());
+        return port_forward_tunnel(req, sandbox, netns, permit);
     }
     let offered: Vec<&str> = req
         .headers()
@@ -252,5 +252,57 @@ fn port_forward(
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
     headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(portforward::PROTOCOL));
+    resp
+}
+
+/// Port forwarding as client-go's SPDY-over-WebSocket dialer does it
+/// (`crictl port-forward --transport websocket`): the SPDY session's bytes
+/// travel in binary WebSocket messages, under subprotocol
+/// `SPDY/3.1+portforward.k8s.io`.
+fn port_forward_tunnel(
+    req: Request<Incoming>,
+    sandbox: String,
+    netns: Option<std::path::PathBuf>,
+    permit: OwnedSemaphorePermit,
+) -> Response<Full<Bytes>> {
+    const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+    let headers = req.headers();
+    let websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == TUNNEL);
+    let (true, Some(accept)) = (websocket, key) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "port forwarding needs `Upgrade: SPDY/3.1` or a WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`)\n".into(),
+        );
+    };
+    if !offered {
+        return text(StatusCode::FORBIDDEN, format!("no common WebSocket subprotocol; this server speaks {TUNNEL}\n"));
+    }
+    tokio::spawn(async move {
+        let _permit = permit;
+        match hyper::upgrade::on(req).await {
+            Ok(io) => {
+                let tunnel = ws::tunnel(io).await;
+                portforward::serve(Session::start(tunnel, IDLE_TIMEOUT), netns, sandbox).await
+            }
+            Err(e) => tracing::debug!("port forward upgrade failed: {e}"),
+        }
+    });
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let headers = resp.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(TUNNEL));
     resp
 }

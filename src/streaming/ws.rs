@@ -135,6 +135,46 @@ pub async fn serve(upgraded: hyper::upgrade::Upgraded, subprotocol: &str, target
     }
 }
 
+/// A byte stream carried in binary WebSocket messages, both ways: the other
+/// end of the returned pipe sees the tunnelled bytes.
+pub async fn tunnel(upgraded: hyper::upgrade::Upgraded) -> tokio::io::DuplexStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    let (mut sink, mut source) = ws.split();
+    let (ours, theirs) = tokio::io::duplex(64 << 10);
+    let (mut read_half, mut write_half) = tokio::io::split(ours);
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = source.next().await {
+            match message {
+                Message::Binary(data) => {
+                    if write_half.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = write_half.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match read_half.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
+        let _ = sink.close().await;
+    });
+    theirs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
