@@ -146,11 +146,7 @@ pub async fn tunnel(upgraded: hyper::upgrade::Upgraded) -> tokio::io::DuplexStre
     tokio::spawn(async move {
         while let Some(Ok(message)) = source.next().await {
             match message {
-                Message::Binary(data) => {
-                    if write_half.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(data) if write_half.write_all(&data).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
