@@ -25,6 +25,7 @@ use crate::ids::{self, Lookup, Names};
 use crate::image::{store::Lease, ImageError, Images};
 use crate::metrics::ContainerCounters;
 use crate::monitor::config::MonitorConfig;
+pub use crate::sandbox::EventKind;
 use crate::sandbox::{SandboxError, Sandboxes};
 use crate::state;
 pub use process::Proc;
@@ -143,14 +144,6 @@ impl ContainerState {
 fn name_key(sandbox_id: &str, config: &ContainerConfig) -> String {
     let m = config.metadata.clone().unwrap_or_default();
     format!("{}/{}/{}", sandbox_id, m.name, m.attempt)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    Created,
-    Started,
-    Stopped,
-    Deleted,
 }
 
 /// A container lifecycle change, for GetContainerEvents.

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use k8s_cri::v1::*;
 
-use crate::container::{ContainerEvent, ContainerState, ContainerStats, Containers, EventKind, Phase, PodStats};
+use super::pod::labels_match;
+use crate::container::{ContainerEvent, ContainerState, ContainerStats, Containers, Phase, PodStats};
 
 fn cri_state(st: &ContainerState) -> ContainerState_ {
     match st.phase {
@@ -75,7 +76,7 @@ pub fn list(containers: &Containers, filter: Option<&ContainerFilter>) -> Vec<Co
             (f.id.is_empty() || st.id.starts_with(&f.id))
                 && (f.pod_sandbox_id.is_empty() || st.sandbox_id.starts_with(&f.pod_sandbox_id))
                 && f.state.as_ref().is_none_or(|s| s.state == cri_state(st) as i32)
-                && f.label_selector.iter().all(|(k, v)| st.config.labels.get(k) == Some(v))
+                && labels_match(&f.label_selector, &st.config.labels)
         })
         .collect();
     items.sort_by_key(|st| st.created_at);
@@ -100,7 +101,7 @@ pub fn matches_stats_filter(st: &ContainerState, f: Option<&ContainerStatsFilter
     let Some(f) = f else { return true };
     (f.id.is_empty() || st.id.starts_with(&f.id))
         && (f.pod_sandbox_id.is_empty() || st.sandbox_id.starts_with(&f.pod_sandbox_id))
-        && f.label_selector.iter().all(|(k, v)| st.config.labels.get(k) == Some(v))
+        && labels_match(&f.label_selector, &st.config.labels)
 }
 
 fn value(v: u64) -> Option<UInt64Value> {
@@ -146,15 +147,9 @@ pub fn stats(st: &ContainerState, s: &ContainerStats) -> k8s_cri::v1::ContainerS
 }
 
 pub fn event(ev: &ContainerEvent, pod: Option<PodSandboxStatus>) -> ContainerEventResponse {
-    let kind = match ev.kind {
-        EventKind::Created => ContainerEventType::ContainerCreatedEvent,
-        EventKind::Started => ContainerEventType::ContainerStartedEvent,
-        EventKind::Stopped => ContainerEventType::ContainerStoppedEvent,
-        EventKind::Deleted => ContainerEventType::ContainerDeletedEvent,
-    };
     ContainerEventResponse {
         container_id: ev.container.id.clone(),
-        container_event_type: kind as i32,
+        container_event_type: super::pod::event_type(ev.kind),
         created_at: ev.at,
         pod_sandbox_status: pod,
         containers_statuses: vec![status(&ev.container)],

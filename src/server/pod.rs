@@ -75,7 +75,7 @@ pub fn list(sandboxes: &Sandboxes, filter: Option<&PodSandboxFilter>) -> Vec<Pod
             let Some(f) = filter else { return true };
             (f.id.is_empty() || st.id.starts_with(&f.id))
                 && f.state.as_ref().is_none_or(|s| s.state == cri_state(st))
-                && f.label_selector.iter().all(|(k, v)| st.config.labels.get(k) == Some(v))
+                && labels_match(&f.label_selector, &st.config.labels)
         })
         .collect();
     items.sort_by_key(|st| st.created_at);
@@ -93,16 +93,26 @@ pub fn list(sandboxes: &Sandboxes, filter: Option<&PodSandboxFilter>) -> Vec<Pod
         .collect()
 }
 
-pub fn event(ev: &LifecycleEvent) -> ContainerEventResponse {
-    let kind = match ev.kind {
+/// The CRI event type of a lifecycle change (pods report as containers do).
+pub fn event_type(kind: EventKind) -> i32 {
+    let t = match kind {
         EventKind::Created => ContainerEventType::ContainerCreatedEvent,
         EventKind::Started => ContainerEventType::ContainerStartedEvent,
         EventKind::Stopped => ContainerEventType::ContainerStoppedEvent,
         EventKind::Deleted => ContainerEventType::ContainerDeletedEvent,
     };
+    t as i32
+}
+
+/// A CRI label selector: every pair must be present.
+pub fn labels_match(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+pub fn event(ev: &LifecycleEvent) -> ContainerEventResponse {
     ContainerEventResponse {
         container_id: ev.id.clone(),
-        container_event_type: kind as i32,
+        container_event_type: event_type(ev.kind),
         created_at: ev.at,
         pod_sandbox_status: Some(sandbox_status(&ev.sandbox)),
         containers_statuses: Vec::new(),

@@ -243,8 +243,7 @@ impl RuntimeService for RuntimeApi {
         let mut stats = Vec::new();
         for sb in self.sandboxes.list() {
             let keep = filter.is_none_or(|f| {
-                (f.id.is_empty() || sb.id.starts_with(&f.id))
-                    && f.label_selector.iter().all(|(k, v)| sb.config.labels.get(k) == Some(v))
+                (f.id.is_empty() || sb.id.starts_with(&f.id)) && pod::labels_match(&f.label_selector, &sb.config.labels)
             });
             if !keep {
                 continue;

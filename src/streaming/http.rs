@@ -117,12 +117,7 @@ fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> 
         }
         _ => return text(StatusCode::NOT_FOUND, "unknown or expired streaming token\n".into()),
     };
-    let upgrade = |name: &str| {
-        req.headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(name)))
-    };
+    let upgrade = |name: &str| upgrades_to(&req, name);
     if upgrade("websocket") {
         let target = match target {
             Target::Exec(exec) => ws::Target::Exec(exec, ctx.containers.clone()),
@@ -145,13 +140,7 @@ fn respond(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> 
         );
     };
     tokio::spawn(upgraded(req, protocol, target, ctx.containers.clone(), permit));
-    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
-    let headers = resp.headers_mut();
-    headers.remove(header::CONTENT_TYPE);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol.name()));
-    resp
+    switching("SPDY/3.1", header::HeaderName::from_static(PROTOCOL_HEADER), protocol.name(), None)
 }
 
 /// What a SPDY session serves.
@@ -203,14 +192,7 @@ fn websocket(req: Request<Incoming>, target: ws::Target, permit: OwnedSemaphoreP
             Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
         }
     });
-    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
-    let headers = resp.headers_mut();
-    headers.remove(header::CONTENT_TYPE);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
-    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
-    resp
+    switching("websocket", header::SEC_WEBSOCKET_PROTOCOL, subprotocol, Some(&accept))
 }
 
 fn port_forward(
@@ -219,12 +201,7 @@ fn port_forward(
     netns: Option<std::path::PathBuf>,
     permit: OwnedSemaphorePermit,
 ) -> Response<Full<Bytes>> {
-    let spdy = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("SPDY/3.1")));
-    if !spdy {
+    if !upgrades_to(&req, "SPDY/3.1") {
         return port_forward_tunnel(req, sandbox, netns, permit);
     }
     let offered: Vec<&str> = req
@@ -246,13 +223,7 @@ fn port_forward(
             Err(e) => tracing::debug!("port forward upgrade failed: {e}"),
         }
     });
-    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
-    let headers = resp.headers_mut();
-    headers.remove(header::CONTENT_TYPE);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(portforward::PROTOCOL));
-    resp
+    switching("SPDY/3.1", header::HeaderName::from_static(PROTOCOL_HEADER), portforward::PROTOCOL, None)
 }
 
 /// Port forwarding as client-go's SPDY-over-WebSocket dialer does it
@@ -266,11 +237,8 @@ fn port_forward_tunnel(
     permit: OwnedSemaphorePermit,
 ) -> Response<Full<Bytes>> {
     const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+    let websocket = upgrades_to(&req, "websocket");
     let headers = req.headers();
-    let websocket = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
     let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
     let offered = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -297,12 +265,33 @@ fn port_forward_tunnel(
             Err(e) => tracing::debug!("port forward upgrade failed: {e}"),
         }
     });
+    switching("websocket", header::SEC_WEBSOCKET_PROTOCOL, TUNNEL, Some(&accept))
+}
+
+/// Whether the request asks to upgrade to `name`.
+fn upgrades_to(req: &Request<Incoming>, name: &str) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(name)))
+}
+
+/// The 101 answer: the upgraded protocol, the negotiated (sub)protocol, and
+/// for WebSocket the Sec-WebSocket-Accept value.
+fn switching(
+    upgrade: &'static str,
+    protocol_header: header::HeaderName,
+    protocol: &'static str,
+    accept: Option<&str>,
+) -> Response<Full<Bytes>> {
     let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
     let headers = resp.headers_mut();
     headers.remove(header::CONTENT_TYPE);
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
-    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(TUNNEL));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+    headers.insert(protocol_header, HeaderValue::from_static(protocol));
+    if let Some(accept) = accept {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(accept).expect("base64 is a valid header"));
+    }
     resp
 }
