@@ -9,6 +9,17 @@ use serde::de::DeserializeOwned;
 
 /// Writes `data` to `path` atomically (temp file, fsync, rename, fsync dir).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, true)
+}
+
+/// Like `write_atomic` without the fsyncs: old or new survives a daemon
+/// crash, not a power loss. For records of processes a reboot ends anyway
+/// (containers, their specs), where an fsync would cost milliseconds per call.
+pub fn write_volatile(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, false)
+}
+
+fn replace(path: &Path, data: &[u8], sync: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     fs::create_dir_all(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
@@ -16,9 +27,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if sync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -64,7 +80,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cricket-state-{}", rand::random::<u64>()));
         let path = dir.join("a.json");
         write_atomic(&path, b"[1,2,3]").unwrap();
-        write_atomic(&path, b"[4]").unwrap();
+        write_volatile(&path, b"[4]").unwrap();
         let back: Option<Vec<i32>> = read_json(&path).unwrap();
         assert_eq!(back, Some(vec![4]));
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);

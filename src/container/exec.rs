@@ -144,7 +144,7 @@ pub(super) fn write_process(bundle: &Path, to: &Path, args: Vec<String>, tty: bo
     process.set_args(Some(args));
     process.set_terminal(Some(tty));
     let data = serde_json::to_vec(&process).map_err(|e| ContainerError::Create(e.to_string()))?;
-    state::write_atomic(to, &data).map_err(io_err(to))
+    state::write_volatile(to, &data).map_err(io_err(to))
 }
 
 async fn run(id: &str, mut prepared: PreparedExec, timeout_secs: i64) -> Result<ExecOutput, ContainerError> {

@@ -99,7 +99,7 @@ impl Containers {
         let bundle = state_dir.clone();
         let spec_json = serde_json::to_vec_pretty(&built.spec).map_err(|e| ContainerError::Create(e.to_string()))?;
         let spec_path = bundle.join("config.json");
-        state::write_atomic(&spec_path, &spec_json).map_err(io_err(&spec_path))?;
+        state::write_volatile(&spec_path, &spec_json).map_err(io_err(&spec_path))?;
 
         let log_path = log_path(sandbox, &config);
         let systemd = self.cgroups.driver() == CgroupDriver::Systemd;

@@ -231,7 +231,7 @@ impl Containers {
     fn persist(&self, st: &ContainerState) -> Result<(), ContainerError> {
         let path = self.state_dir(&st.id).join("state.json");
         let data = serde_json::to_vec(st).map_err(|e| ContainerError::Create(e.to_string()))?;
-        state::write_atomic(&path, &data).map_err(io_err(&path))
+        state::write_volatile(&path, &data).map_err(io_err(&path))
     }
 
     pub fn get(&self, id_or_prefix: &str) -> Result<Arc<Container>, ContainerError> {

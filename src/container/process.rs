@@ -84,7 +84,7 @@ impl Proc {
 /// Returns the monitor and the init.
 pub async fn spawn_monitor(config: &MonitorConfig, config_path: &Path) -> Result<(Proc, Proc), String> {
     let data = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
-    crate::state::write_atomic(config_path, &data).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    crate::state::write_volatile(config_path, &data).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let mut child = helper_command()
         .arg("monitor")
         .arg("--config")

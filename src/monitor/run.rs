@@ -330,7 +330,7 @@ impl Monitor {
         let record = outcome.record();
         let written = serde_json::to_vec(&record)
             .map_err(std::io::Error::other)
-            .and_then(|data| crate::state::write_atomic(&self.cfg.exit_file, &data));
+            .and_then(|data| crate::state::write_volatile(&self.cfg.exit_file, &data));
         if let Err(e) = written {
             eprintln!("monitor: writing exit record {}: {e}", self.cfg.exit_file.display());
         }

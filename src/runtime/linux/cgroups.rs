@@ -91,12 +91,19 @@ pub fn of_process(pid: &str) -> StepResult<Vec<Hierarchy>> {
     Ok(hierarchies(&parse_mountinfo(&mountinfo), &cgroup))
 }
 
-/// Moves the calling process into each directory.
+/// Moves the calling process, which must be single-threaded, into each
+/// directory. On v1 it writes "0" (this thread) to `tasks`: moving one's own
+/// thread skips the kernel's global threadgroup lock, whose write side waits
+/// for an RCU grace period (10-20 ms) on every `cgroup.procs` write.
 pub fn join(dirs: &[PathBuf]) -> StepResult {
     let pid = std::process::id().to_string();
     for dir in dirs {
-        let procs = dir.join("cgroup.procs");
-        std::fs::write(&procs, &pid).with(|| format!("joining cgroup {}", dir.display()))?;
+        let joined = match std::fs::OpenOptions::new().write(true).open(dir.join("tasks")) {
+            Ok(mut tasks) => std::io::Write::write_all(&mut tasks, b"0"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(dir.join("cgroup.procs"), &pid),
+            Err(e) => Err(e),
+        };
+        joined.with(|| format!("joining cgroup {}", dir.display()))?;
     }
     Ok(())
 }

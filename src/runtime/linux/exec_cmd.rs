@@ -66,7 +66,13 @@ fn exec(args: &ExecArgs) -> StepResult<i32> {
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let apparmor = process::apparmor_enabled();
     let pid = args.pid;
-    let dirs: Vec<PathBuf> = cgroups::of_process(&pid.to_string())?.into_iter().map(|h| h.dir).collect();
+    // Hierarchies we already share (hybrid's unified one, usually) need no move, which would cost a lock.
+    let own = cgroups::of_process("self")?;
+    let dirs: Vec<PathBuf> = cgroups::of_process(&pid.to_string())?
+        .into_iter()
+        .map(|h| h.dir)
+        .filter(|dir| !own.iter().any(|o| &o.dir == dir))
+        .collect();
     let namespaces = open_namespaces(pid)?;
     let root = File::open(format!("/proc/{pid}/root")).with(|| format!("opening /proc/{pid}/root"))?;
     cgroups::join(&dirs)?;
