@@ -537,3 +537,36 @@ async fn bidirectional_mounts_reach_the_host() {
     assert!(seen > 0, "the container's mount did not reach the host:\n{}", String::from_utf8_lossy(&info.stdout));
     f.finish(&[&pod]).await;
 }
+
+/// Kubelet caps a pod's processes (podPidsLimit) through the pids.max of the
+/// pod cgroup it passes as cgroup_parent: a container under it can't fork past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_pids_limit_caps_forks() {
+    const LIMIT: u32 = 12;
+    let f = Fixture::new().await;
+    let rel = format!("cricket-test-pids-{:x}", rand::random::<u32>());
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let pids_dir =
+        if v2 { Path::new("/sys/fs/cgroup").join(&rel) } else { Path::new("/sys/fs/cgroup/pids").join(&rel) };
+    std::fs::create_dir(&pids_dir).unwrap();
+    std::fs::write(pids_dir.join("pids.max"), LIMIT.to_string()).unwrap();
+
+    let mut pc = f.pod_config("pids");
+    pc.linux = Some(cri::LinuxPodSandboxConfig { cgroup_parent: format!("/{rel}"), ..Default::default() });
+    let pod = f.d.run_pod(pc.clone(), "").await.expect("RunPodSandbox");
+    let script = "i=0; while [ $i -lt 40 ]; do sleep 60 & i=$((i+1)); done; echo all-started";
+    let id = f.run(&pod, &pc, "forker", script).await;
+    let st = f.wait_exit(&id).await;
+    let current: u32 = std::fs::read_to_string(pids_dir.join("pids.current")).unwrap().trim().parse().unwrap();
+    assert!(current <= LIMIT, "{current} processes under a limit of {LIMIT}");
+    let lines = log_lines(&f.log_file("pids", "forker"));
+    assert!(lines.iter().any(|(_, _, text)| text.contains("can't fork")), "{lines:?}");
+    assert!(!lines.iter().any(|(_, _, text)| text == "all-started"), "{lines:?}");
+    assert_ne!(st.exit_code, 0);
+
+    f.d.remove_pod(&pod).await.expect("RemovePodSandbox");
+    for dir in cgroup_dirs(&rel) {
+        remove_cgroup_tree(&dir);
+    }
+    f.finish(&[]).await;
+}

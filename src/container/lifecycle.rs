@@ -315,6 +315,10 @@ impl Containers {
         self.stop_locked(&c, 0).await?;
         let st = c.snapshot();
         if let Some(cg) = &st.cgroup {
+            // The init is gone, but its orphans may live on in a pod-wide PID namespace.
+            if let Err(e) = self.cgroups.kill_all(cg, nix::sys::signal::Signal::SIGKILL) {
+                tracing::warn!(container = %st.id, error = %e, "killing what is left in the container's cgroup failed");
+            }
             if let Err(e) = self.cgroups.remove(cg).await {
                 tracing::warn!(container = %st.id, error = %e, "removing the container cgroup failed");
             }
