@@ -10,6 +10,7 @@ mod metrics;
 mod monitor;
 mod network;
 mod oci;
+mod resident;
 mod rootpath;
 mod runtime;
 mod sandbox;

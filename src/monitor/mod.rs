@@ -71,7 +71,7 @@ pub fn main(args: impl Iterator<Item = OsString>) -> ExitCode {
         eprintln!("monitor: handshake not delivered ({e}); killing the container");
         monitor.kill_init();
     }
-    sys::shed_startup_pages();
+    crate::resident::shed_startup_pages();
     monitor.run();
     ExitCode::SUCCESS
 }

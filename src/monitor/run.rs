@@ -18,7 +18,6 @@ use super::control::{Control, Request};
 use super::create::Created;
 use super::exit::{self, Outcome};
 use super::log::{CriLog, Stream};
-use super::sys;
 use crate::runtime::oci::OciRuntime;
 use crate::runtime::ContainerInit;
 
@@ -287,7 +286,7 @@ impl Monitor {
         match init.start() {
             Ok(()) => {
                 self.started = true;
-                sys::shed_startup_pages();
+                crate::resident::shed_startup_pages();
                 "ok".into()
             }
             Err(e) => {

@@ -204,6 +204,7 @@ fn start_init() -> Result<(), String> {
         ForkResult::Child => {
             let _ = setsid();
             let _ = nix::sys::prctl::set_name(c"pod-init");
+            crate::resident::shed_startup_pages();
             if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
                 for fd in 0..3 {
                     let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
