@@ -2,7 +2,7 @@
 //! stdio the monitor will serve: pipes (or /dev/null for stdin), or a pty.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::config::{MonitorConfig, RuntimeKind};
 use super::{sys, MonitorError};
@@ -31,13 +31,29 @@ pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> 
             let config = cfg.bundle.join("config.json");
             let spec = oci_spec::runtime::Spec::load(&config)
                 .map_err(|e| MonitorError::Spec { path: config, reason: e.to_string() })?;
-            let (stdio, streams) = local_stdio(cfg).map_err(MonitorError::Stdio)?;
+            // A terminal is made by the init itself, inside the container.
+            let (stdio, streams) = if cfg.tty {
+                (null_stdio().map_err(MonitorError::Stdio)?, None)
+            } else {
+                local_stdio(cfg).map(|(stdio, streams)| (stdio, Some(streams))).map_err(MonitorError::Stdio)?
+            };
             // Compiled here, on the host and before the fork: the init inherits the module.
             let loader = wasm_loader(cfg, &spec)?;
             let workload = loader.as_deref().map_or(Workload::Spec, Workload::InProcess);
-            let init =
-                linux_create(&cfg.bundle, &spec, stdio, &cfg.cgroup_dirs, workload).map_err(MonitorError::Create)?;
-            Ok(Created { init, streams, runtime: None })
+            let created = crate::runtime::linux::create(&cfg.bundle, &spec, stdio, &cfg.cgroup_dirs, workload)
+                .map_err(|e| MonitorError::Create(e.to_string()))?;
+            let streams = match streams {
+                Some(streams) => streams,
+                None => created
+                    .console
+                    .ok_or_else(|| std::io::Error::other("the init made no terminal"))
+                    .and_then(|master| {
+                        sys::set_default_winsize(master.as_fd())?;
+                        tty_streams(cfg, master)
+                    })
+                    .map_err(MonitorError::Stdio)?,
+            };
+            Ok(Created { init: created.init, streams, runtime: None })
         }
         RuntimeKind::Oci { path, root } => {
             let runtime = OciRuntime { path: path.clone(), root: root.clone(), log: dir.join("runtime.log") };
@@ -67,16 +83,6 @@ pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> 
     }
 }
 
-fn linux_create(
-    bundle: &Path,
-    spec: &oci_spec::runtime::Spec,
-    stdio: InitStdio,
-    cgroup_dirs: &[PathBuf],
-    workload: Workload,
-) -> Result<Box<dyn ContainerInit>, String> {
-    crate::runtime::linux::create(bundle, spec, stdio, cgroup_dirs, workload).map_err(|e| e.to_string())
-}
-
 #[cfg(feature = "wasm")]
 fn wasm_loader(cfg: &MonitorConfig, spec: &oci_spec::runtime::Spec) -> Result<Option<Box<Loader>>, MonitorError> {
     let RuntimeKind::Wasm { cache } = &cfg.runtime else { return Ok(None) };
@@ -103,13 +109,13 @@ fn abandon(pid: i32, runtime: &OciRuntime, id: &str) {
     }
 }
 
-/// Stdio made by the monitor itself: a pty when `tty`, else pipes.
+/// /dev/null on all three, for an init that makes its own terminal.
+fn null_stdio() -> std::io::Result<InitStdio> {
+    Ok(InitStdio { stdin: sys::dev_null()?, stdout: sys::dev_null()?, stderr: sys::dev_null()? })
+}
+
+/// Pipes made by the monitor itself (stdin is /dev/null unless asked for).
 fn local_stdio(cfg: &MonitorConfig) -> std::io::Result<(InitStdio, Streams)> {
-    if cfg.tty {
-        let (master, replica) = sys::pty()?;
-        let stdio = InitStdio { stdin: replica.try_clone()?, stdout: replica.try_clone()?, stderr: replica };
-        return Ok((stdio, tty_streams(cfg, master)?));
-    }
     let (stdin, stdin_writer) = if cfg.stdin {
         let (r, w) = sys::pipe()?;
         (r, Some(w))

@@ -3,11 +3,11 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::pty::{openpty, Winsize};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::pty::Winsize;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
@@ -56,24 +56,11 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(pipe2(OFlag::O_CLOEXEC)?)
 }
 
-/// A new pty as (master, replica), 80x24, both close-on-exec.
-pub fn pty() -> io::Result<(OwnedFd, OwnedFd)> {
-    let pair = openpty(&DEFAULT_WINSIZE, None)?;
-    set_cloexec(pair.master.as_fd())?;
-    set_cloexec(pair.slave.as_fd())?;
-    Ok((pair.master, pair.slave))
-}
-
 pub fn set_default_winsize(master: BorrowedFd) -> io::Result<()> {
     // SAFETY: TIOCSWINSZ reads a winsize struct that outlives the call.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &DEFAULT_WINSIZE) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
-}
-
-fn set_cloexec(fd: BorrowedFd) -> io::Result<()> {
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     Ok(())
 }
 

@@ -97,6 +97,39 @@ pub fn links(root: &Path) -> StepResult {
     Ok(())
 }
 
+/// A terminal's pty, made in the container's own devpts so that the
+/// workload's `ttyname()` finds it under /dev/pts.
+pub struct Pty {
+    pub master: std::os::fd::OwnedFd,
+    pub replica: std::os::fd::OwnedFd,
+}
+
+/// Opens a pty through the rootfs's /dev/ptmx (its devpts instance).
+pub fn open_pty(root: &Path) -> StepResult<Pty> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let ptmx = resolve_in_root(root, Path::new("/dev/ptmx")).ctx("/dev/ptmx")?;
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&ptmx)
+        .with(|| format!("opening {} for the terminal", ptmx.display()))?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int through a valid pointer.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
+        return Err(nix::errno::Errno::last()).ctx("unlocking the pty");
+    }
+    // SAFETY: TIOCGPTPEER returns a new fd for the peer of the master we own.
+    let replica = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY) };
+    if replica < 0 {
+        return Err(nix::errno::Errno::last()).ctx("opening the pty replica");
+    }
+    // SAFETY: a fresh descriptor from the ioctl, owned by nothing else.
+    Ok(Pty { master, replica: unsafe { OwnedFd::from_raw_fd(replica) } })
+}
+
 /// Binds the terminal's pty replica at /dev/console.
 pub fn console(root: &Path, pty: &Path) -> StepResult {
     let dest = resolve_in_root(root, Path::new("/dev/console")).ctx("/dev/console")?;

@@ -5,7 +5,7 @@
 //! monitor's own child, reports its PID and exits. Stage 2 is the init:
 //! rootfs, process settings, seccomp, then it waits for start and execs.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{unshare, CloneFlags};
@@ -133,16 +133,19 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
     let root_rel = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
     let root = std::fs::canonicalize(args.bundle.join(&root_rel)).with(|| format!("rootfs {}", root_rel.display()))?;
     let terminal = proc_spec.terminal().unwrap_or(false);
-    let console =
-        if terminal { Some(std::fs::read_link("/proc/self/fd/0").ctx("finding the terminal")?) } else { None };
     let ctx = RootfsContext {
         bundle: args.bundle,
         root: &root,
         cgroups: &own_cgroups,
-        console,
+        terminal,
         bind_devices: plan.creates(LinuxNamespaceType::User),
     };
-    rootfs::prepare(spec, &ctx)?;
+    if let Some(pty) = rootfs::prepare(spec, &ctx)? {
+        for fd in 0..3 {
+            nix::unistd::dup2(pty.replica.as_raw_fd(), fd).ctx("dup2 terminal")?;
+        }
+        channel.send_fd(&Msg::Console, pty.master.as_fd()).ctx("sending the terminal")?;
+    }
     rootfs::pivot(&root)?;
     let linux = spec.linux().clone().unwrap_or_default();
     if plan.creates(LinuxNamespaceType::Uts) {

@@ -35,6 +35,7 @@ mod signals;
 mod step;
 mod sync;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,6 +48,12 @@ use super::{ContainerInit, InitStdio};
 use sync::{Channel, Msg};
 
 pub use process::ExecFailure;
+
+/// A created container init, and the master of its terminal when the spec asks for one.
+pub struct Created {
+    pub init: Box<dyn ContainerInit>,
+    pub console: Option<OwnedFd>,
+}
 
 /// What the init runs once started.
 #[derive(Clone, Copy)]
@@ -92,6 +99,11 @@ pub enum ExecError {
 /// capabilities, ambient caps not raised) go to this process's stderr as
 /// `cricket: warning: …` lines.
 ///
+/// With `process.terminal`, the init opens a pty in the container's devpts
+/// (so `tty` inside names it), puts its replica on 0-2 and /dev/console, and
+/// hands the master back in `Created::console`; `stdio` then only fills 0-2
+/// until that point (pass /dev/null).
+///
 /// The init is a direct child of the caller (CLONE_PARENT): the caller
 /// reaps it with waitpid(init.pid()) (or waitpid(-1)). `create` itself
 /// waitpid()s the short-lived stage-1 child; a caller reaping with
@@ -103,7 +115,7 @@ pub fn create(
     stdio: InitStdio,
     cgroup_dirs: &[PathBuf],
     workload: Workload,
-) -> Result<Box<dyn ContainerInit>, ExecError> {
+) -> Result<Created, ExecError> {
     let (parent, child) = sync::pair().map_err(|source| ExecError::Sys { step: "socketpair", source })?;
     let args = init::InitArgs { bundle, spec, cgroup_dirs, workload };
     // SAFETY: the caller is single-threaded (documented contract).
@@ -117,7 +129,8 @@ pub fn create(
     drop((child, stdio));
     parent.set_timeout(SETUP_TIMEOUT).map_err(|source| ExecError::Sys { step: "SO_RCVTIMEO", source })?;
     let mut init_pid = None;
-    let outcome = drive_setup(&parent, stage1, spec, &mut init_pid);
+    let mut console = None;
+    let outcome = drive_setup(&parent, stage1, spec, &mut init_pid, &mut console);
     if outcome.is_err() {
         // It may be stuck (a timeout); it is our child, so the pid can't have been reused.
         let _ = kill(stage1, Signal::SIGKILL);
@@ -125,7 +138,7 @@ pub fn create(
     // Stage 1 exits right after reporting the init's pid; don't leave a zombie.
     let _ = waitpid(stage1, None);
     match (outcome, init_pid) {
-        (Ok(()), Some(pid)) => Ok(Box::new(LinuxInit { pid, channel: parent })),
+        (Ok(()), Some(pid)) => Ok(Created { init: Box::new(LinuxInit { pid, channel: parent }), console }),
         (Ok(()), None) => Err(ExecError::Protocol("ready without a pid".into())),
         (Err(e), pid) => {
             if let Some(pid) = pid {
@@ -137,10 +150,17 @@ pub fn create(
     }
 }
 
-fn drive_setup(channel: &Channel, stage1: Pid, spec: &Spec, init_pid: &mut Option<Pid>) -> Result<(), ExecError> {
+fn drive_setup(
+    channel: &Channel,
+    stage1: Pid,
+    spec: &Spec,
+    init_pid: &mut Option<Pid>,
+    console: &mut Option<OwnedFd>,
+) -> Result<(), ExecError> {
     loop {
-        let msg = channel.recv().map_err(ExecError::Protocol)?;
+        let (msg, fd) = channel.recv_with_fd().map_err(ExecError::Protocol)?.unzip();
         match msg {
+            Some(Msg::Console) => *console = fd.flatten(),
             Some(Msg::NeedMaps) => {
                 write_id_maps(stage1, spec)?;
                 channel.send(&Msg::MapsWritten).map_err(|source| ExecError::Sys { step: "sending maps", source })?;

@@ -24,14 +24,15 @@ pub struct RootfsContext<'a> {
     pub root: &'a Path,
     /// The init's own cgroups, bound into a v1 cgroup mount.
     pub cgroups: &'a [Hierarchy],
-    /// The pty replica to bind at /dev/console, for terminal containers.
-    pub console: Option<PathBuf>,
+    /// A terminal container: make its pty and bind the replica at /dev/console.
+    pub terminal: bool,
     /// In a new user namespace device nodes can't be made, only bound from the host.
     pub bind_devices: bool,
 }
 
 /// Everything before pivot_root; `ctx.root` is the host path of the rootfs.
-pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> StepResult {
+/// Returns the terminal's pty when `ctx.terminal`.
+pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> StepResult<Option<devices::Pty>> {
     let linux = spec.linux().clone().unwrap_or_default();
     // rslave unless rootfsPropagation asks otherwise: bidirectional (rshared)
     // volumes must stay peers of the host's mounts, as with runc.
@@ -51,11 +52,16 @@ pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> StepResult {
     if !dev_bound {
         devices::populate(ctx.root, linux.devices().as_deref().unwrap_or_default(), ctx.bind_devices)?;
         devices::links(ctx.root)?;
-        if let Some(console) = &ctx.console {
-            devices::console(ctx.root, console)?;
-        }
     }
-    Ok(())
+    if !ctx.terminal {
+        return Ok(None);
+    }
+    let pty = devices::open_pty(ctx.root)?;
+    if !dev_bound {
+        let replica = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pty.replica)));
+        devices::console(ctx.root, &replica)?;
+    }
+    Ok(Some(pty))
 }
 
 fn is_bind(m: &Mount) -> bool {

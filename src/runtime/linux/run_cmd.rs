@@ -44,21 +44,56 @@ fn run(args: &RunArgs) -> Result<i32, String> {
     let dup = |fd: std::os::fd::BorrowedFd| -> Result<OwnedFd, String> {
         fd.try_clone_to_owned().map_err(|e| format!("dup stdio: {e}"))
     };
-    let stdio = InitStdio {
-        stdin: dup(std::io::stdin().as_fd())?,
-        stdout: dup(std::io::stdout().as_fd())?,
-        stderr: dup(std::io::stderr().as_fd())?,
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    let stdio = if terminal {
+        // The init makes its terminal inside the container; we relay to ours.
+        let null = || -> Result<OwnedFd, String> {
+            std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|e| e.to_string())
+        };
+        InitStdio { stdin: null()?, stdout: null()?, stderr: null()? }
+    } else {
+        InitStdio {
+            stdin: dup(std::io::stdin().as_fd())?,
+            stdout: dup(std::io::stdout().as_fd())?,
+            stderr: dup(std::io::stderr().as_fd())?,
+        }
     };
-    let init =
+    let created =
         super::create(&args.bundle, &spec, stdio, &args.cgroups, super::Workload::Spec).map_err(|e| e.to_string())?;
-    let pid = Pid::from_raw(init.pid());
+    let pid = Pid::from_raw(created.init.pid());
     signals::forward_to(pid);
     if let Some(file) = &args.pid_file {
         std::fs::write(file, pid.to_string()).map_err(|e| format!("{}: {e}", file.display()))?;
     }
-    if let Err(e) = init.start() {
+    let output = created.console.map(relay).transpose()?;
+    if let Err(e) = created.init.start() {
         let _ = signals::wait_for(pid);
         return Err(e);
     }
-    Ok(signals::wait_for(pid))
+    let code = signals::wait_for(pid);
+    if let Some(output) = output {
+        // Ends when the last holder of the replica is gone and the master reads EIO.
+        let _ = output.join();
+    }
+    Ok(code)
+}
+
+/// Copies our stdin to the terminal and the terminal to our stdout, each on
+/// a thread; returns the output one.
+fn relay(master: OwnedFd) -> Result<std::thread::JoinHandle<()>, String> {
+    let mut input = std::fs::File::from(master.try_clone().map_err(|e| format!("dup terminal: {e}"))?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut input);
+    });
+    let mut output = std::fs::File::from(master);
+    Ok(std::thread::spawn(move || {
+        let mut stdout = std::io::stdout().lock();
+        let _ = std::io::copy(&mut output, &mut stdout);
+        let _ = std::io::Write::flush(&mut stdout);
+    }))
 }
