@@ -306,7 +306,7 @@ async fn exec_streams_output_input_and_exit_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_on_a_terminal_applies_resizes() {
     let f = Fixture::new().await;
-    let url = f.exec_url(f.request(&["sh", "-c", "read x; stty size; echo got $x"], true, true)).await.unwrap();
+    let url = f.exec_url(f.request(&["sh", "-c", "read x; stty size; echo got $x; tty"], true, true)).await.unwrap();
     let (status, head, conn) = upgrade(&url, &["v4.channel.k8s.io"]).await;
     assert_eq!(status, 101, "{head}");
     let mut client = Client::open(conn, &["error", "stdin", "stdout", "resize"]).await;
@@ -318,6 +318,8 @@ async fn exec_on_a_terminal_applies_resizes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("40 100\r\n"), "{text:?}");
     assert!(text.contains("got line\r\n"), "{text:?}");
+    // The terminal is made in the container's devpts, where tty(1) finds it.
+    assert!(text.contains("/dev/pts/"), "{text:?}");
     assert_eq!(out.status()["status"], "Success");
     f.finish().await;
 }

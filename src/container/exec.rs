@@ -114,6 +114,9 @@ impl Containers {
             .arg("--process")
             .arg(&process_file)
             .kill_on_drop(true);
+        if tty {
+            command.arg("--console");
+        }
         Ok(PreparedExec { command, process_file })
     }
 

@@ -286,7 +286,8 @@ fn receive_console(child: &mut Child, listener: &UnixListener, deadline: Instant
     }
 }
 
-fn receive_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
+/// Receives one descriptor sent with SCM_RIGHTS (waits up to 10 s).
+pub fn receive_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut name = [0u8; 4096];

@@ -161,7 +161,7 @@ pub async fn run(mut io: Io, req: &ExecRequest, containers: &Containers) -> Opti
         Err(e) => return Some(Exit::Error(e.to_string())),
     };
     let started =
-        if req.tty { on_pty(&mut prepared.command, &mut io) } else { on_pipes(&mut prepared.command, &mut io) };
+        if req.tty { on_pty(&mut prepared.command, &mut io).await } else { on_pipes(&mut prepared.command, &mut io) };
     let Running { mut child, pumps, inputs } = match started {
         Ok(r) => r,
         Err(e) => return Some(Exit::Error(format!("cannot start the exec helper: {e}"))),
@@ -195,13 +195,21 @@ pub async fn run(mut io: Io, req: &ExecRequest, containers: &Containers) -> Opti
     })
 }
 
-/// Starts the command on a new pty: its replica is the command's stdio, the
-/// master carries stdout, stdin and window sizes.
-fn on_pty(command: &mut tokio::process::Command, io: &mut Io) -> std::io::Result<Running> {
-    let (master, replica) = pty::open()?;
-    let child = command.stdin(replica.try_clone()?).stdout(replica.try_clone()?).stderr(replica).spawn()?;
-    let master = Arc::new(master);
+/// Starts the command on a terminal the helper makes inside the container
+/// and sends back over its stdin; the master carries stdout, stdin and window
+/// sizes. The helper's own errors (stderr) go to the client's stdout too.
+async fn on_pty(command: &mut tokio::process::Command, io: &mut Io) -> std::io::Result<Running> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let child =
+        command.stdin(std::os::fd::OwnedFd::from(theirs)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
     let mut running = Running { child, pumps: Vec::new(), inputs: Vec::new() };
+    if let (Some(to), Some(from)) = (io.stdout.clone(), running.child.stderr.take()) {
+        running.pumps.push(tokio::spawn(pump(from, to)));
+    }
+    let received = tokio::task::spawn_blocking(move || crate::runtime::oci::receive_fd(&ours)).await;
+    // No terminal: the helper failed first; its message and exit code tell why.
+    let Ok(Ok(master)) = received else { return Ok(running) };
+    let master = Arc::new(pty::Master::new(master)?);
     if let Some(out) = io.stdout.clone() {
         let m = master.clone();
         running.pumps.push(tokio::spawn(async move {

@@ -8,22 +8,17 @@ use tokio::io::unix::AsyncFd;
 
 pub struct Master(AsyncFd<OwnedFd>);
 
-/// Opens a pty; the replica becomes the exec helper's stdio (it makes it the
-/// controlling terminal), the master stays here.
-pub fn open() -> std::io::Result<(Master, OwnedFd)> {
-    let pty = nix::pty::openpty(None, None)?;
-    let flags = OFlag::from_bits_retain(fcntl(pty.master.as_raw_fd(), FcntlArg::F_GETFL)?);
-    fcntl(pty.master.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    // Other helpers the daemon spawns meanwhile must not inherit either end.
-    for fd in [&pty.master, &pty.slave] {
-        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    }
-    // SAFETY: the OwnedFd is a valid descriptor that only the AsyncFd owns and closes.
-    let master = unsafe { AsyncFd::register(pty.master)? };
-    Ok((Master(master), pty.slave))
-}
-
 impl Master {
+    /// Drives a pty master (the exec helper made the pty inside the container).
+    pub fn new(master: OwnedFd) -> std::io::Result<Master> {
+        let flags = OFlag::from_bits_retain(fcntl(master.as_raw_fd(), FcntlArg::F_GETFL)?);
+        fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        // Other helpers the daemon spawns meanwhile must not inherit it.
+        fcntl(master.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+        // SAFETY: the OwnedFd is a valid descriptor that only the AsyncFd owns and closes.
+        Ok(Master(unsafe { AsyncFd::register(master)? }))
+    }
+
     /// Reads output; 0 once every holder of the replica has closed it (EIO).
     pub async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
@@ -62,7 +57,8 @@ mod tests {
 
     #[tokio::test]
     async fn output_written_to_the_replica_reaches_the_master() {
-        let (master, replica) = open().unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let (master, replica) = (Master::new(pty.master).unwrap(), pty.slave);
         master.resize(100, 40).unwrap();
         let mut size: libc::winsize = unsafe { std::mem::zeroed() };
         // SAFETY: TIOCGWINSZ fills the winsize.

@@ -122,7 +122,8 @@ pub fn open_pty(root: &Path) -> StepResult<Pty> {
         return Err(nix::errno::Errno::last()).ctx("unlocking the pty");
     }
     // SAFETY: TIOCGPTPEER returns a new fd for the peer of the master we own.
-    let replica = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY) };
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let replica = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
     if replica < 0 {
         return Err(nix::errno::Errno::last()).ctx("opening the pty replica");
     }

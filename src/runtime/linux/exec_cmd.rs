@@ -32,6 +32,10 @@ pub struct ExecArgs {
     /// A file holding the OCI Process (JSON) to run.
     #[arg(long)]
     pub process: PathBuf,
+    /// For a terminal process: stdin is a unix socket; the pty is made in the
+    /// container's devpts and its master sent over that socket (SCM_RIGHTS).
+    #[arg(long)]
+    pub console: bool,
 }
 
 /// (name in /proc/PID/ns, flag); the user namespace first, mnt last.
@@ -84,12 +88,22 @@ fn exec(args: &ExecArgs) -> StepResult<i32> {
     nix::unistd::chroot(".").ctx("chroot")?;
     nix::unistd::chdir("/").ctx("chdir /")?;
     drop((namespaces, root));
+    let pty = if args.console { Some(send_terminal()?) } else { None };
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx("pipe")?;
     // SAFETY: this helper is single-threaded.
     match unsafe { fork() }.ctx("fork")? {
         ForkResult::Child => {
             drop(read_end);
-            let (code, message) = match child(&proc_spec, seccomp.as_ref(), apparmor) {
+            let on_terminal = || -> StepResult {
+                if let Some(replica) = &pty {
+                    for fd in 0..3 {
+                        nix::unistd::dup2(replica.as_raw_fd(), fd).ctx("dup2 terminal")?;
+                    }
+                }
+                Ok(())
+            };
+            let run = on_terminal().and_then(|()| child(&proc_spec, seccomp.as_ref(), apparmor));
+            let (code, message) = match run {
                 Ok(failure) => (failure.code, failure.message),
                 Err(e) => (SETUP_FAILED, e.0),
             };
@@ -98,8 +112,24 @@ fn exec(args: &ExecArgs) -> StepResult<i32> {
             // SAFETY: leave without running the parent's exit handlers.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => Ok(parent(child, read_end, write_end)),
+        ForkResult::Parent { child } => {
+            // Only the command may hold the replica: the master sees EOF when it is done.
+            drop(pty);
+            Ok(parent(child, read_end, write_end))
+        }
     }
+}
+
+/// Makes the terminal in the container's devpts (we are chrooted into it),
+/// sends its master over stdin, and returns the replica.
+fn send_terminal() -> StepResult<OwnedFd> {
+    let pty = super::devices::open_pty(std::path::Path::new("/"))?;
+    let fds = [pty.master.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let data = [std::io::IoSlice::new(b"t")];
+    nix::sys::socket::sendmsg::<()>(0, &data, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+        .ctx("sending the terminal over stdin")?;
+    Ok(pty.replica)
 }
 
 fn open_namespaces(pid: i32) -> StepResult<Vec<(&'static str, CloneFlags, File)>> {

@@ -21,7 +21,7 @@
 
 mod capabilities;
 mod cgroups;
-mod devices;
+pub mod devices;
 pub mod exec_cmd;
 mod init;
 mod limits;
