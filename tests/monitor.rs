@@ -32,9 +32,11 @@ struct Options {
     memory_limit: Option<i64>,
     /// Share the host's PID namespace, so the init's exit does not kill the rest.
     host_pid: bool,
+    /// Keep a stdin for attach clients.
+    stdin: bool,
 }
 
-const PLAIN: Options = Options { tty: false, memory_limit: None, host_pid: false };
+const PLAIN: Options = Options { tty: false, memory_limit: None, host_pid: false, stdin: false };
 
 impl Case {
     fn new(script: &str, opts: Options) -> Case {
@@ -63,7 +65,7 @@ impl Case {
             "exit_file": case.exit_file(),
             "control_socket": case.socket(),
             "cgroup_dirs": cgroup_dirs,
-            "stdin": false,
+            "stdin": opts.stdin,
             "stdin_once": false,
             "tty": opts.tty,
             "runtime": {"type": "oci", "path": RUNC, "root": case.runc_root()},
@@ -423,5 +425,37 @@ fn drain_is_bounded_when_a_leftover_holds_the_pipes() {
     let sleeper: i32 = texts(&case.entries(&case.log()), "stdout")[0].parse().unwrap();
     // `delete --force` killed the sleeper with the rest of the container's cgroup.
     wait_for("the leftover to die", Duration::from_secs(5), || gone(sleeper));
+    case.assert_clean();
+}
+
+#[test]
+fn stdin_nobody_reads_stalls_nothing() {
+    let mut case = Case::new("echo ready; sleep 100", Options { stdin: true, ..PLAIN });
+    case.spawn();
+    assert_eq!(case.request("start"), "ok");
+    case.wait_log("ready");
+    // An attach client pours 8 MiB into a stdin the container never reads.
+    let mut client = UnixStream::connect(case.run_dir().join("attach.sock")).unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut frame = vec![0u8, 0, 1, 0, 0];
+        frame.resize(5 + (64 << 10), b'x');
+        for _ in 0..128 {
+            if client.write_all(&frame).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // The monitor still answers (a blocking write to the pipe would hang it).
+    let mut s = UnixStream::connect(case.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"reopen\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("the monitor answers while stdin is full");
+    assert_eq!(reply.trim_end(), "ok");
+    // SAFETY: kill(2) on the container's init.
+    unsafe { libc::kill(case.init_pid.unwrap(), libc::SIGKILL) };
+    assert_eq!(case.exit_record()["exit_code"].as_i64(), Some(137));
+    writer.join().unwrap();
     case.assert_clean();
 }

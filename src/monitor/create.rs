@@ -118,6 +118,7 @@ fn null_stdio() -> std::io::Result<InitStdio> {
 fn local_stdio(cfg: &MonitorConfig) -> std::io::Result<(InitStdio, Streams)> {
     let (stdin, stdin_writer) = if cfg.stdin {
         let (r, w) = sys::pipe()?;
+        sys::set_nonblocking(w.as_fd())?;
         (r, Some(w))
     } else {
         (sys::dev_null()?, None)

@@ -13,6 +13,7 @@ mod create;
 mod exit;
 pub mod log;
 mod run;
+mod stdin;
 mod sys;
 
 use std::ffi::OsString;
@@ -115,7 +116,7 @@ fn setup(config: Option<&Path>) -> Result<run::Monitor, MonitorError> {
             return Err(MonitorError::Control { path: attach_path, source });
         }
     };
-    let created = match create::create(&cfg, &dir) {
+    let mut created = match create::create(&cfg, &dir) {
         Ok(c) => c,
         Err(e) => {
             control.remove_socket();
@@ -124,7 +125,8 @@ fn setup(config: Option<&Path>) -> Result<run::Monitor, MonitorError> {
         }
     };
     let oom_before = exit::oom_kills(&cfg.cgroup_dirs);
-    Ok(run::Monitor::new(cfg, dir, run::Ends { log, control, attach }, signals, created, oom_before))
+    let stdin = stdin::Stdin::new(created.streams.stdin.take());
+    Ok(run::Monitor::new(cfg, dir, run::Ends { log, control, attach, stdin }, signals, created, oom_before))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use super::control::{Control, Request};
 use super::create::Created;
 use super::exit::{self, Outcome};
 use super::log::{CriLog, Stream};
+use super::stdin::Stdin;
 use crate::runtime::oci::OciRuntime;
 use crate::runtime::ContainerInit;
 
@@ -35,6 +36,7 @@ enum Source {
     Conn(RawFd),
     AttachListener,
     AttachConn(RawFd),
+    Stdin,
 }
 
 /// Where the monitor's clients reach it: the CRI log file, the control and attach sockets.
@@ -42,6 +44,7 @@ pub struct Ends {
     pub log: CriLog,
     pub control: Control,
     pub attach: Attach,
+    pub stdin: Stdin,
 }
 
 pub struct Monitor {
@@ -56,7 +59,7 @@ pub struct Monitor {
     init_pid: i32,
     outputs: [Option<OwnedFd>; 2],
     /// Kept open for attach; closed when the init exits.
-    stdin: Option<OwnedFd>,
+    stdin: Stdin,
     runtime: Option<OciRuntime>,
     oom_before: u64,
     started: bool,
@@ -75,7 +78,7 @@ impl Monitor {
         created: Created,
         oom_before: u64,
     ) -> Monitor {
-        let Ends { log, control, attach } = ends;
+        let Ends { log, control, attach, stdin } = ends;
         let init_pid = created.init.pid();
         Monitor {
             cfg,
@@ -87,7 +90,7 @@ impl Monitor {
             init: Some(created.init),
             init_pid,
             outputs: [created.streams.stdout, created.streams.stderr],
-            stdin: created.streams.stdin,
+            stdin,
             runtime: created.runtime,
             oom_before,
             started: false,
@@ -122,10 +125,14 @@ impl Monitor {
             }
             fds.clear();
             sources.clear();
-            let mut watch = |fd: RawFd, source: Source| {
-                fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+            let mut watch_for = |fd: RawFd, events: libc::c_short, source: Source| {
+                fds.push(libc::pollfd { fd, events, revents: 0 });
                 sources.push(source);
             };
+            if let Some(fd) = self.stdin.waiting_fd() {
+                watch_for(fd, libc::POLLOUT, Source::Stdin);
+            }
+            let mut watch = |fd: RawFd, source: Source| watch_for(fd, libc::POLLIN, source);
             for (i, out) in self.outputs.iter().enumerate() {
                 if let Some(fd) = out {
                     watch(fd.as_raw_fd(), Source::Output(i));
@@ -139,8 +146,11 @@ impl Monitor {
                 watch(fd, Source::Conn(fd));
             }
             watch(self.attach.listener_fd(), Source::AttachListener);
-            for fd in self.attach.client_fds() {
-                watch(fd, Source::AttachConn(fd));
+            // Backpressure: what clients send waits in their sockets until the container reads.
+            if !self.stdin.is_full() {
+                for fd in self.attach.client_fds() {
+                    watch(fd, Source::AttachConn(fd));
+                }
             }
             let deadline = [self.drain_deadline, self.control.next_deadline()].into_iter().flatten().min();
             let timeout = deadline.map_or(-1, |d| d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1);
@@ -174,6 +184,7 @@ impl Monitor {
                             self.on_attach_input(input);
                         }
                     }
+                    Source::Stdin => self.stdin.flush(),
                 }
             }
         }
@@ -201,15 +212,7 @@ impl Monitor {
 
     fn on_attach_input(&mut self, input: Input) {
         match input {
-            Input::Stdin(data) => {
-                if let Some(stdin) = &self.stdin {
-                    // Blocking, like a terminal: the container reads its stdin.
-                    if let Err(e) = nix::unistd::write(stdin, &data) {
-                        eprintln!("monitor: writing the container's stdin: {e}");
-                        self.stdin = None;
-                    }
-                }
-            }
+            Input::Stdin(data) => self.stdin.write(&data),
             Input::Resize { cols, rows } => {
                 if let (true, Some(master)) = (self.cfg.tty, &self.outputs[0]) {
                     let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
@@ -218,7 +221,7 @@ impl Monitor {
                 }
             }
             // stdin_once: the first client to finish with stdin closes it for good.
-            Input::StdinEnd if self.cfg.stdin_once && !self.cfg.tty => self.stdin = None,
+            Input::StdinEnd if self.cfg.stdin_once && !self.cfg.tty => self.stdin.end(),
             Input::StdinEnd => {}
         }
     }
@@ -261,7 +264,7 @@ impl Monitor {
         self.exited = Some((status, crate::state::now_nanos()));
         self.drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
         self.init = None;
-        self.stdin = None;
+        self.stdin.close();
     }
 
     fn handle(&mut self, request: Request) -> String {
