@@ -200,7 +200,7 @@ procs_in_w() {
 		pid=${f#/proc/}
 		pid=${pid%/cmdline}
 		[ "$pid" = $$ ] && continue
-		mapfile -d '' -t argv <"$f" 2>/dev/null || continue
+		mapfile -d '' -t argv 2>/dev/null <"$f" || continue
 		[[ "${argv[*]}" == *"$W"* ]] && echo "$pid"
 	done
 	return 0
