@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::io::{self, IoSliceMut, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -61,6 +62,15 @@ impl OciRuntime {
     fn command(&self, sub: &str) -> Command {
         let mut cmd = Command::new(&self.path);
         cmd.arg("--root").arg(&self.root).arg("--log").arg(&self.log).args(["--log-format", "json", sub]);
+        // The init inherits the runtime's signal dispositions through its execs, and
+        // glibc's posix_spawn leaves its internal signals (32, 33) ignored in the child.
+        // SAFETY: the hook only makes raw signal syscalls, which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                super::linux::reset_for_workload();
+                Ok(())
+            });
+        }
         cmd
     }
 

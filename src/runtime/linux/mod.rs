@@ -48,6 +48,7 @@ use super::{ContainerInit, InitStdio};
 use sync::{Channel, Msg};
 
 pub use process::ExecFailure;
+pub use signals::reset_for_workload;
 
 /// A created container init, and the master of its terminal when the spec asks for one.
 pub struct Created {
