@@ -173,6 +173,9 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
         }
     }
     let prepared = process::secure(&proc_spec, linux.seccomp().as_ref(), apparmor, &mut warn)?;
+    if let (super::Workload::Spec, Some(failure)) = (args.workload, prepared.missing_program()) {
+        return fail(failure.message.clone());
+    }
     for w in warnings {
         channel.send(&Msg::Warning(w)).ctx("sending a warning")?;
     }

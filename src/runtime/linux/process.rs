@@ -31,6 +31,14 @@ pub struct Prepared {
     program: Result<CString, ExecFailure>,
 }
 
+impl Prepared {
+    /// Why `process.args[0]` can't be executed, when it is missing or not
+    /// executable: the container init reports this at create, as runc and crun do.
+    pub fn missing_program(&self) -> Option<&ExecFailure> {
+        self.program.as_ref().err()
+    }
+}
+
 pub fn apparmor_enabled() -> bool {
     std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y")
 }
@@ -116,7 +124,20 @@ fn lookup(name: &str, env: &[String]) -> Result<CString, ExecFailure> {
             .map_err(|_| ExecFailure { code: 127, message: format!("exec {name:?}: path contains a NUL byte") })
     };
     if name.contains('/') {
-        return to_c(Path::new(name));
+        let path = Path::new(name);
+        return match std::fs::metadata(path) {
+            Err(e) => {
+                let desc = e.raw_os_error().map_or_else(|| e.to_string(), |n| Errno::from_raw(n).desc().to_string());
+                Err(ExecFailure { code: 127, message: format!("exec {name:?}: {desc}") })
+            }
+            Ok(meta) if meta.is_dir() => {
+                Err(ExecFailure { code: 126, message: format!("exec {name:?}: is a directory") })
+            }
+            Ok(_) if nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_err() => {
+                Err(ExecFailure { code: 126, message: format!("exec {name:?}: permission denied") })
+            }
+            Ok(_) => to_c(path),
+        };
     }
     let path = env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
     let mut denied: Option<PathBuf> = None;
@@ -169,6 +190,14 @@ mod tests {
         let missing = lookup("no-such-tool", &env).unwrap_err();
         assert_eq!(missing.code, 127);
         assert_eq!(missing.message, "exec \"no-such-tool\": executable file not found in $PATH");
-        assert_eq!(lookup("/abs/x", &env).unwrap().to_str().unwrap(), "/abs/x");
+        assert_eq!(lookup(bin.to_str().unwrap(), &env).unwrap().to_str().unwrap(), bin.to_str().unwrap());
+        let absent = lookup("/nonexistent/x", &env).unwrap_err();
+        assert_eq!(absent.code, 127);
+        assert_eq!(absent.message, "exec \"/nonexistent/x\": No such file or directory");
+        assert_eq!(lookup(dir.path().to_str().unwrap(), &env).unwrap_err().code, 126);
+        let plain = dir.path().join("data");
+        std::fs::write(&plain, "x").unwrap();
+        let denied = lookup(plain.to_str().unwrap(), &env).unwrap_err();
+        assert_eq!((denied.code, denied.message.ends_with("permission denied")), (126, true));
     }
 }
