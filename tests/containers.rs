@@ -1,6 +1,8 @@
-//! End-to-end tests of containers on the built-in executor: the real
-//! `cricket serve` driven through CRI as kubelet does, with a busybox image
-//! from the local registry, in pods on a CNI bridge of each test's own.
+//! End-to-end tests of containers: the real `cricket serve` driven through
+//! CRI as kubelet does, with a busybox image from the local registry, in pods
+//! on a CNI bridge of each test's own. Every test runs once per runtime
+//! handler (`linux::NAME`, `runc::NAME`, `crun::NAME`): the built-in executor
+//! and the OCI runtimes must behave the same.
 
 mod common;
 
@@ -14,28 +16,70 @@ const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
 const EXITED: i32 = cri::ContainerState::ContainerExited as i32;
 const CREATED: i32 = cri::ContainerState::ContainerCreated as i32;
 
+/// Generates one test per handler from `async fn NAME(handler: Handler)`:
+/// `linux::NAME`, `runc::NAME` and `crun::NAME`.
+macro_rules! per_handler {
+    ($($test:ident),* $(,)?) => {
+        mod linux {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $test() {
+                super::$test(super::Handler::Linux).await
+            })*
+        }
+        mod runc {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $test() {
+                super::$test(super::Handler::Runc).await
+            })*
+        }
+        mod crun {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $test() {
+                if let Some(why) = super::Handler::Crun.unusable() {
+                    eprintln!("skipping crun::{}: {why}", stringify!($test));
+                    return;
+                }
+                super::$test(super::Handler::Crun).await
+            })*
+        }
+    };
+}
+
+per_handler!(
+    container_runs_logs_and_exits_with_its_code,
+    exec_sync_output_codes_and_timeouts,
+    stop_signals_then_kills,
+    containers_survive_a_daemon_restart,
+    requests_that_must_fail,
+    stats_update_and_log_reopen,
+    security_settings_apply,
+    bidirectional_mounts_reach_the_host,
+    pod_pids_limit_caps_forks,
+);
+
 struct Fixture {
     _registry: Registry,
     net: TestNet,
     d: Daemon,
     image: String,
     logs: tempfile::TempDir,
+    handler: Handler,
 }
 
 impl Fixture {
-    async fn new() -> Fixture {
-        Fixture::with_image(Image::new(vec![busybox_layer()])).await
+    async fn new(handler: Handler) -> Fixture {
+        Fixture::with_image(handler, Image::new(vec![busybox_layer()])).await
     }
 
-    async fn with_image(image: Image) -> Fixture {
+    async fn with_image(handler: Handler, image: Image) -> Fixture {
         let registry = Registry::start().await;
         let host = registry.host();
         registry.push_image("busybox", "1", &image).await;
         let net = TestNet::new();
-        let d = Daemon::start_with_net(&net, &insecure(&host)).await;
+        let d = Daemon::start_with_net(&net, &format!("{}{}", insecure(&host), Handler::all_toml())).await;
         let image = format!("{host}/busybox:1");
         d.pull(&image).await.expect("pull busybox");
-        Fixture { _registry: registry, net, d, image, logs: tempdir() }
+        Fixture { _registry: registry, net, d, image, logs: tempdir(), handler }
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
@@ -47,7 +91,7 @@ impl Fixture {
 
     async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
         let config = self.pod_config(name);
-        let id = self.d.run_pod(config.clone(), "").await.expect("RunPodSandbox");
+        let id = self.d.run_pod(config.clone(), self.handler.name()).await.expect("RunPodSandbox");
         (id, config)
     }
 
@@ -181,9 +225,8 @@ fn line(stream: &str, text: &str) -> (String, String, String) {
     (stream.to_string(), "F".to_string(), text.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn container_runs_logs_and_exits_with_its_code() {
-    let f = Fixture::new().await;
+async fn container_runs_logs_and_exits_with_its_code(handler: Handler) {
+    let f = Fixture::new(handler).await;
     let (pod, pc) = f.pod("life").await;
     let mut c = f.container("main", "echo out; echo err >&2; echo $$; exit 3");
     // Its own PID namespace (the pod's shared one would make pod-init PID 1).
@@ -227,9 +270,8 @@ async fn container_runs_logs_and_exits_with_its_code() {
     f.finish(&[&pod]).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn exec_sync_output_codes_and_timeouts() {
-    let f = Fixture::new().await;
+async fn exec_sync_output_codes_and_timeouts(handler: Handler) {
+    let f = Fixture::new(handler).await;
     let (pod, pc) = f.pod("exec").await;
     let id = f.run(&pod, &pc, "sleeper", "echo ready > /tmp/ready; exec sleep 1000").await;
     let r = f.exec(&id, &["/bin/sh", "-c", "echo hello; echo oops >&2; exit 7"], 10).await.unwrap();
@@ -275,10 +317,9 @@ async fn exec_sync_output_codes_and_timeouts() {
     f.finish(&[&pod]).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn stop_signals_then_kills() {
+async fn stop_signals_then_kills(handler: Handler) {
     let image = Image::new(vec![busybox_layer()]).with("StopSignal", serde_json::json!("SIGUSR1"));
-    let f = Fixture::with_image(image).await;
+    let f = Fixture::with_image(handler, image).await;
     let (pod, pc) = f.pod("stop").await;
     // Exits 42 on the image's stop signal.
     let polite = f.run(&pod, &pc, "polite", "trap 'exit 42' USR1; while true; do sleep 0.1; done").await;
@@ -298,9 +339,8 @@ async fn stop_signals_then_kills() {
     f.finish(&[&pod]).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn containers_survive_a_daemon_restart() {
-    let mut f = Fixture::new().await;
+async fn containers_survive_a_daemon_restart(handler: Handler) {
+    let mut f = Fixture::new(handler).await;
     let (pod, pc) = f.pod("restart").await;
     let long = f.run(&pod, &pc, "long", "echo before; exec sleep 1000").await;
     let short = f.run(&pod, &pc, "short", "sleep 1; exit 5").await;
@@ -323,9 +363,8 @@ async fn containers_survive_a_daemon_restart() {
     f.finish(&[&pod]).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn requests_that_must_fail() {
-    let f = Fixture::new().await;
+async fn requests_that_must_fail(handler: Handler) {
+    let f = Fixture::new(handler).await;
     let (pod, pc) = f.pod("bad").await;
     let mut c = f.container("x", "true");
     c.image = Some(cri::ImageSpec { image: "127.0.0.1:1/nope:1".into(), ..Default::default() });
@@ -338,15 +377,21 @@ async fn requests_that_must_fail() {
     let id = f.create(&pod, &pc, f.container("dup", "sleep 100")).await.unwrap();
     let err = f.create(&pod, &pc, f.container("dup", "true")).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-    // A command that doesn't exist fails StartContainer with the reason.
+    // A command that doesn't exist fails CreateContainer with the reason (as
+    // runc and crun check it at create), leaving the name free.
+    for command in ["/bin/not-there", "not-there"] {
+        let mut c = f.container("missing", "");
+        c.command = vec![command.into()];
+        let err = f.create(&pod, &pc, c).await.unwrap_err();
+        assert!(err.message().contains(command), "{err:?}");
+    }
     let mut c = f.container("missing", "");
-    c.command = vec!["/bin/not-there".into()];
-    let missing = f.create(&pod, &pc, c).await.unwrap();
-    let err = f.start(&missing).await.unwrap_err();
-    assert!(err.message().contains("not-there"), "{err:?}");
-    let st = f.wait_exit(&missing).await;
-    assert_eq!(st.reason, "StartError");
-    assert!(st.message.contains("not-there"), "{}", st.message);
+    c.command = vec!["/etc/passwd".into()];
+    let err = f.create(&pod, &pc, c).await.unwrap_err();
+    // crun doesn't name the file here.
+    assert!(err.message().contains("ermission denied"), "{err:?}");
+    let ok = f.create(&pod, &pc, f.container("missing", "true")).await.unwrap();
+    f.remove(&ok).await.unwrap();
     f.start(&id).await.unwrap();
     assert_eq!(f.start(&id).await.unwrap_err().code(), Code::FailedPrecondition);
     assert_eq!(f.status("ffffffff").await.unwrap_err().code(), Code::NotFound);
@@ -355,9 +400,8 @@ async fn requests_that_must_fail() {
     f.finish(&[&pod]).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn stats_update_and_log_reopen() {
-    let f = Fixture::new().await;
+async fn stats_update_and_log_reopen(handler: Handler) {
+    let f = Fixture::new(handler).await;
     let (pod, pc) = f.pod("stats").await;
     let script = "i=0; while true; do i=$((i+1)); echo line$i; sleep 0.05; done";
     let id = f.run(&pod, &pc, "busy", script).await;
@@ -416,9 +460,8 @@ fn security(c: &mut cri::ContainerConfig, sc: cri::LinuxContainerSecurityContext
     c.linux = Some(cri::LinuxContainerConfig { security_context: Some(sc), ..Default::default() });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn security_settings_apply() {
-    let f = Fixture::new().await;
+async fn security_settings_apply(handler: Handler) {
+    let f = Fixture::new(handler).await;
     let (pod, pc) = f.pod("sec").await;
     let mut c = f.container("seccomp", "grep Seccomp: /proc/self/status; chmod 400 /tmp && echo chmod-ok");
     let profile = cri::SecurityProfile {
@@ -508,10 +551,9 @@ async fn security_settings_apply() {
     f.finish(&[&pod]).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bidirectional_mounts_reach_the_host() {
+async fn bidirectional_mounts_reach_the_host(handler: Handler) {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    let f = Fixture::new().await;
+    let f = Fixture::new(handler).await;
     let (pod, pc) = f.pod("prop").await;
     let host = tempdir();
     let src = host.path().join("mnt");
@@ -540,10 +582,9 @@ async fn bidirectional_mounts_reach_the_host() {
 
 /// Kubelet caps a pod's processes (podPidsLimit) through the pids.max of the
 /// pod cgroup it passes as cgroup_parent: a container under it can't fork past it.
-#[tokio::test(flavor = "multi_thread")]
-async fn pod_pids_limit_caps_forks() {
+async fn pod_pids_limit_caps_forks(handler: Handler) {
     const LIMIT: u32 = 12;
-    let f = Fixture::new().await;
+    let f = Fixture::new(handler).await;
     let rel = format!("cricket-test-pids-{:x}", rand::random::<u32>());
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let pids_dir =
@@ -553,7 +594,7 @@ async fn pod_pids_limit_caps_forks() {
 
     let mut pc = f.pod_config("pids");
     pc.linux = Some(cri::LinuxPodSandboxConfig { cgroup_parent: format!("/{rel}"), ..Default::default() });
-    let pod = f.d.run_pod(pc.clone(), "").await.expect("RunPodSandbox");
+    let pod = f.d.run_pod(pc.clone(), handler.name()).await.expect("RunPodSandbox");
     let script = "i=0; while [ $i -lt 40 ]; do sleep 60 & i=$((i+1)); done; echo all-started";
     let id = f.run(&pod, &pc, "forker", script).await;
     let st = f.wait_exit(&id).await;

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(protobuf-compiler docker-registry busybox-static containernetworking-plugins iptables iputils-ping dbus-daemon libseccomp-dev pkg-config runc iproute2 openssl)
+packages=(protobuf-compiler docker-registry busybox-static containernetworking-plugins iptables iputils-ping dbus-daemon libseccomp-dev pkg-config runc crun iproute2 openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1084,6 +1084,62 @@ pub fn ns_link(pid: &str, kind: &str) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map(|p| p.display().to_string()).unwrap_or_default()
 }
 
+/// A RuntimeClass handler the tests run containers on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// The built-in executor (the default handler, `""` in CRI).
+    Linux,
+    Runc,
+    Crun,
+}
+
+pub const RUNC: &str = "/usr/sbin/runc";
+pub const CRUN: &str = "/usr/bin/crun";
+
+impl Handler {
+    pub const ALL: [Handler; 3] = [Handler::Linux, Handler::Runc, Handler::Crun];
+
+    /// The `runtime_handler` of RunPodSandbox.
+    pub fn name(self) -> &'static str {
+        match self {
+            Handler::Linux => "",
+            Handler::Runc => "runc",
+            Handler::Crun => "crun",
+        }
+    }
+
+    /// Config tables declaring the OCI handlers (`runc`, `crun`), installing them when missing.
+    pub fn all_toml() -> String {
+        let runc = ensure_installed(&[RUNC], "runc");
+        let crun = ensure_installed(&[CRUN], "crun");
+        format!(
+            "[runtimes.runc]\ntype = \"oci\"\npath = \"{}\"\n[runtimes.crun]\ntype = \"oci\"\npath = \"{}\"\n",
+            runc.display(),
+            crun.display()
+        )
+    }
+
+    /// Why this handler can't create containers on this host, if it can't.
+    /// crun (1.8) refuses hybrid cgroup hosts whose v2 tree has controllers:
+    /// "cgroups in hybrid mode not supported, drop all controllers from cgroupv2".
+    pub fn unusable(self) -> Option<String> {
+        if self != Handler::Crun {
+            return None;
+        }
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        let hybrid = mounts().iter().any(|(m, fstype)| m == unified && fstype == "cgroup2");
+        let controllers = std::fs::read_to_string(unified.join("cgroup.controllers")).unwrap_or_default();
+        (hybrid && !controllers.trim().is_empty()).then(|| {
+            format!(
+                "crun refuses hybrid cgroup hosts whose cgroup v2 tree has controllers \
+                 ({}/cgroup.controllers lists {:?}); runs on pure v1 or v2 hosts",
+                unified.display(),
+                controllers.trim()
+            )
+        })
+    }
+}
+
 /// A minimal pod: metadata (namespace `default`, uid `uid-<name>`, attempt 0), no Linux options.
 pub fn pod_config(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
