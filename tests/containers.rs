@@ -611,3 +611,138 @@ async fn pod_pids_limit_caps_forks(handler: Handler) {
     }
     f.finish(&[]).await;
 }
+
+/// What a handler made of the comparison container, with what differs by
+/// nature (IDs, pod paths, timestamps) left out.
+#[derive(Debug, Clone, PartialEq)]
+struct Observed {
+    log: Vec<(String, String, String)>,
+    exit_code: i32,
+    state: i32,
+    reason: String,
+    message: String,
+    image: Option<cri::ImageSpec>,
+    image_ref: String,
+    image_id: String,
+    labels: std::collections::HashMap<String, String>,
+    annotations: std::collections::HashMap<String, String>,
+    mounts: Vec<cri::Mount>,
+    user: Option<cri::ContainerUser>,
+    log_file: PathBuf,
+    info_keys: Vec<String>,
+    process: serde_json::Value,
+    spec_mounts: Vec<serde_json::Value>,
+    namespaces: Vec<serde_json::Value>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_handler_gives_the_same_logs_exit_and_status() {
+    let f = Fixture::new(Handler::Linux).await;
+    let volume = tempdir();
+    std::fs::write(volume.path().join("in.txt"), "from the volume\n").unwrap();
+    // Sleeps keep the order between the two streams; the long line becomes P + F;
+    // the last stderr text has no newline and ends with the stream.
+    let long = 20_000;
+    let script = format!(
+        "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; cat /data/in.txt; sleep 0.2; \
+         head -c {long} /dev/zero | tr '\\0' x; echo; sleep 0.2; printf tail >&2; exit 42"
+    );
+    let mut observed = Vec::new();
+    for handler in Handler::ALL {
+        if let Some(why) = handler.unusable() {
+            eprintln!("comparing without {handler:?}: {why}");
+            continue;
+        }
+        let mut pc = pod_config("cmp");
+        pc.metadata.as_mut().unwrap().uid = format!("uid-cmp-{handler:?}");
+        let log_dir = f.logs.path().join(format!("cmp-{handler:?}"));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        pc.log_directory = log_dir.display().to_string();
+        let pod = f.d.run_pod(pc.clone(), handler.name()).await.expect("RunPodSandbox");
+        let mut c = f.container("main", &script);
+        c.annotations = [("note".to_string(), "same everywhere".to_string())].into();
+        c.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: volume.path().display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+        let id = f.create(&pod, &pc, c).await.expect("CreateContainer");
+        f.start(&id).await.expect("StartContainer");
+        let st = f.wait_exit(&id).await;
+        let info = f.info(&id).await;
+        assert_eq!(info["runtimeHandler"], handler.name(), "{info}");
+        assert!(info["pid"].as_i64().is_some_and(|p| p > 0), "{info}");
+        let spec = &info["runtimeSpec"];
+        let mut info_keys: Vec<String> = info.as_object().unwrap().keys().cloned().collect();
+        info_keys.sort();
+        let spec_mounts = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| serde_json::json!({"destination": m["destination"], "type": m["type"], "options": m["options"]}))
+            .collect();
+        observed.push((
+            handler,
+            Observed {
+                log: log_lines(&log_dir.join("main.log")),
+                exit_code: st.exit_code,
+                state: st.state,
+                reason: st.reason,
+                message: st.message,
+                image: st.image,
+                image_ref: st.image_ref,
+                image_id: st.image_id,
+                labels: st.labels,
+                annotations: st.annotations,
+                mounts: st.mounts,
+                user: st.user,
+                log_file: Path::new(&st.log_path).strip_prefix(&log_dir).unwrap().to_path_buf(),
+                info_keys,
+                process: sorted_capabilities(&spec["process"]),
+                spec_mounts,
+                namespaces: spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].clone()).collect(),
+            },
+        ));
+        f.d.remove_pod(&pod).await.expect("RemovePodSandbox");
+    }
+    assert!(observed.len() >= 2, "at least the built-in executor and runc");
+    let (first, reference) = &observed[0];
+    let x = "x".repeat(long);
+    let expected = vec![
+        line("stdout", "out1"),
+        line("stderr", "err1"),
+        line("stdout", "from the volume"),
+        ("stdout".to_string(), "P".to_string(), x[..16 * 1024].to_string()),
+        line("stdout", &x[16 * 1024..]),
+        line("stderr", "tail"),
+    ];
+    assert!(reference.log == expected, "{first:?}'s log: {:?}", summary(&reference.log));
+    assert_eq!((reference.exit_code, reference.reason.as_str(), reference.state), (42, "Error", EXITED));
+    assert_eq!(reference.log_file, Path::new("main.log"));
+    for (handler, other) in &observed[1..] {
+        assert!(other.log == reference.log, "{handler:?}'s log: {:?}", summary(&other.log));
+        let (a, b) = (Observed { log: Vec::new(), ..other.clone() }, Observed { log: Vec::new(), ..reference.clone() });
+        assert_eq!(a, b, "{handler:?} differs from {first:?}");
+    }
+    f.finish(&[]).await;
+}
+
+/// Log lines with long texts shortened, for messages.
+fn summary(log: &[(String, String, String)]) -> Vec<(String, String, String)> {
+    let short = |t: &str| if t.len() > 40 { format!("{}… ({} bytes)", &t[..20], t.len()) } else { t.to_string() };
+    log.iter().map(|(s, tag, t)| (s.clone(), tag.clone(), short(t))).collect()
+}
+
+/// The spec's process with its capability sets sorted (the spec holds sets).
+fn sorted_capabilities(process: &serde_json::Value) -> serde_json::Value {
+    let mut process = process.clone();
+    if let Some(caps) = process["capabilities"].as_object_mut() {
+        for set in caps.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.sort_by_key(|c| c.as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    process
+}
