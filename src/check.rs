@@ -560,7 +560,7 @@ mod tests {
         let plain = d.path.join("plain");
         std::fs::write(&plain, "").unwrap();
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let oci = |p: &Path| RuntimeHandler { kind: HandlerKind::Oci, path: Some(p.to_path_buf()) };
+        let oci = |p: &Path| RuntimeHandler { path: Some(p.to_path_buf()), ..RuntimeHandler::new(HandlerKind::Oci) };
 
         let c = handler_check("runc", &oci(&exe));
         assert_eq!(c.level, Level::Ok, "{c}");
@@ -573,8 +573,8 @@ mod tests {
         let c = handler_check("dir", &oci(&d.path));
         assert!(c.level == Level::Fail && c.message.contains("is not a file"), "{c}");
 
-        assert_eq!(handler_check("default", &RuntimeHandler { kind: HandlerKind::Linux, path: None }).level, Level::Ok);
-        let c = handler_check("w", &RuntimeHandler { kind: HandlerKind::Wasm, path: None });
+        assert_eq!(handler_check("default", &RuntimeHandler::new(HandlerKind::Linux)).level, Level::Ok);
+        let c = handler_check("w", &RuntimeHandler::new(HandlerKind::Wasm));
         if cfg!(feature = "wasm") {
             assert!(c.level == Level::Ok && c.message.starts_with("wasm (built in"), "{c}");
         } else {

@@ -147,6 +147,38 @@ pub struct RuntimeHandler {
     /// Runtime binary for `type = "oci"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// Privileged containers get only the default devices and those they
+    /// request, not every device of the host (for VM-based or shared hosts).
+    #[serde(default)]
+    pub privileged_without_host_devices: bool,
+    /// Where the container monitors of this handler's pods run: "" (the
+    /// daemon's cgroup), "pod" (a `monitor-<id>` cgroup inside the pod's), or a
+    /// cgroup path (cgroupfs driver) or slice (systemd driver) that holds them.
+    #[serde(default)]
+    pub monitor_cgroup: String,
+}
+
+/// Where a handler's monitors run, from `monitor_cgroup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorCgroup<'a> {
+    Daemon,
+    Pod,
+    /// A cgroup path ("/system/cricket-monitors") or slice ("cricket-monitors.slice").
+    Under(&'a str),
+}
+
+impl RuntimeHandler {
+    pub fn new(kind: HandlerKind) -> RuntimeHandler {
+        RuntimeHandler { kind, path: None, privileged_without_host_devices: false, monitor_cgroup: String::new() }
+    }
+
+    pub fn monitor_cgroup(&self) -> MonitorCgroup<'_> {
+        match self.monitor_cgroup.as_str() {
+            "" => MonitorCgroup::Daemon,
+            "pod" => MonitorCgroup::Pod,
+            path => MonitorCgroup::Under(path),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -171,10 +203,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             metrics: MetricsConfig::default(),
             streaming: StreamingConfig::default(),
-            runtimes: BTreeMap::from([(
-                "default".to_string(),
-                RuntimeHandler { kind: HandlerKind::Linux, path: None },
-            )]),
+            runtimes: BTreeMap::from([("default".to_string(), RuntimeHandler::new(HandlerKind::Linux))]),
         }
     }
 }
@@ -286,7 +315,7 @@ impl Config {
             .and_then(|c| c.try_deserialize::<Config>())
             .map_err(|e| ConfigError::Env(e.to_string()))?;
         // A table of extra handlers keeps the built-in default unless it names its own.
-        merged.runtimes.entry("default".into()).or_insert(RuntimeHandler { kind: HandlerKind::Linux, path: None });
+        merged.runtimes.entry("default".into()).or_insert(RuntimeHandler::new(HandlerKind::Linux));
         merged.validate()?;
         Ok(merged)
     }
@@ -369,6 +398,18 @@ impl Config {
                     return invalid(&format!("{key}.path"), "only handlers of type \"oci\" take a path".into())
                 }
                 _ => {}
+            }
+            if let MonitorCgroup::Under(path) = handler.monitor_cgroup() {
+                if let Err(e) = crate::cgroup::parse_parent(self.cgroup.driver, path) {
+                    let example = match self.cgroup.driver {
+                        CgroupDriver::Cgroupfs => "\"/system/cricket-monitors\"",
+                        CgroupDriver::Systemd => "\"cricket-monitors.slice\"",
+                    };
+                    return invalid(
+                        &format!("{key}.monitor_cgroup"),
+                        format!("must be \"\", \"pod\" or a cgroup like {example}: {e}"),
+                    );
+                }
             }
         }
         Ok(())
@@ -484,6 +525,17 @@ mod tests {
             ("[registries.hosts.\"docker.io\"]\nmirrors = [\"ftp://x\"]\n", "ftp"),
             ("[runtimes.runc]\ntype = \"oci\"\n", "runtimes.runc"),
             ("[runtimes.wasm]\ntype = \"wasm\"\npath = \"/x\"\n", "runtimes.wasm.path"),
+            ("[runtimes.x]\ntype = \"linux\"\nmonitor_cgroup = \"relative/dir\"\n", "runtimes.x.monitor_cgroup"),
+            ("[runtimes.x]\ntype = \"linux\"\nmonitor_cgroup = \"/a/../b\"\n", "runtimes.x.monitor_cgroup"),
+            ("[runtimes.x]\ntype = \"linux\"\nmonitor_cgroup = \"mon.slice\"\n", "runtimes.x.monitor_cgroup"),
+            (
+                "[cgroup]\ndriver = \"systemd\"\n[runtimes.x]\ntype = \"linux\"\nmonitor_cgroup = \"/mon\"\n",
+                "runtimes.x.monitor_cgroup",
+            ),
+            (
+                "[runtimes.x]\ntype = \"linux\"\nprivileged_without_host_devices = \"maybe\"\n",
+                "privileged_without_host_devices",
+            ),
             ("[log]\nlevel = \"loud=[\"\n", "log.level"),
             ("[pull]\nmax_concurrent_layers = -1\n", "max_concurrent_layers"),
             ("[metrics]\naddress = \"localhost:9537\"\n", "metrics.address"),
@@ -498,6 +550,32 @@ mod tests {
         }
         let missing = load(&d.join("missing.toml"), &d).unwrap_err().to_string();
         assert!(missing.contains("missing.toml"), "{missing}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn handler_options() {
+        let d = tmpdir();
+        let f = d.join("h.toml");
+        let text = "[runtimes.runc]\ntype = \"oci\"\npath = \"/usr/sbin/runc\"\nprivileged_without_host_devices = true\n\
+                    monitor_cgroup = \"pod\"\n[runtimes.kata]\ntype = \"oci\"\npath = \"/k\"\nmonitor_cgroup = \"/system/mon\"\n";
+        std::fs::write(&f, text).unwrap();
+        let cfg = load(&f, &d.join("none")).unwrap();
+        let runc = &cfg.runtimes["runc"];
+        assert!(runc.privileged_without_host_devices);
+        assert_eq!(runc.monitor_cgroup(), MonitorCgroup::Pod);
+        assert_eq!(cfg.runtimes["kata"].monitor_cgroup(), MonitorCgroup::Under("/system/mon"));
+        assert_eq!(cfg.runtimes["default"].monitor_cgroup(), MonitorCgroup::Daemon);
+        assert!(!cfg.runtimes["default"].privileged_without_host_devices);
+        std::fs::write(
+            &f,
+            "[cgroup]\ndriver = \"systemd\"\n[runtimes.x]\ntype = \"linux\"\nmonitor_cgroup = \"mon.slice\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(&f, &d.join("none")).unwrap().runtimes["x"].monitor_cgroup(),
+            MonitorCgroup::Under("mon.slice")
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -72,11 +72,17 @@ impl Fixture {
     }
 
     async fn with_image(handler: Handler, image: Image) -> Fixture {
+        Fixture::with_config(handler, image, "").await
+    }
+
+    /// With `extra_toml` (more `[runtimes.NAME]` tables) in the daemon's config.
+    async fn with_config(handler: Handler, image: Image, extra_toml: &str) -> Fixture {
         let registry = Registry::start().await;
         let host = registry.host();
         registry.push_image("busybox", "1", &image).await;
         let net = TestNet::new();
-        let d = Daemon::start_with_net(&net, &format!("{}{}", insecure(&host), Handler::all_toml())).await;
+        let toml = format!("{}{}{extra_toml}", insecure(&host), Handler::all_toml());
+        let d = Daemon::start_with_net(&net, &toml).await;
         let image = format!("{host}/busybox:1");
         d.pull(&image).await.expect("pull busybox");
         Fixture { _registry: registry, net, d, image, logs: tempdir(), handler }
@@ -745,4 +751,95 @@ fn sorted_capabilities(process: &serde_json::Value) -> serde_json::Value {
         }
     }
     process
+}
+
+/// The cgroup of `pid` in the v1 hierarchy of `controller` (or the v2 one, `""`).
+fn cgroup_of(pid: i64, controller: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    text.lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers.split(',').any(|c| c == controller).then(|| path.to_string())
+        })
+        .unwrap_or_else(|| panic!("no {controller:?} line in /proc/{pid}/cgroup:\n{text}"))
+}
+
+/// The controller whose hierarchy holds every process: memory on v1, the one v2 tree otherwise.
+fn main_controller() -> &'static str {
+    if cgroup_v1_mounts().is_empty() {
+        ""
+    } else {
+        "memory"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_options_place_monitors_and_withhold_host_devices() {
+    let parent = format!("/crk-monitors-{:08x}", rand::random::<u32>());
+    let toml = format!(
+        "[runtimes.runc-pod]\ntype = \"oci\"\npath = \"{RUNC}\"\nmonitor_cgroup = \"pod\"\n\
+         privileged_without_host_devices = true\n\
+         [runtimes.linux-under]\ntype = \"linux\"\nmonitor_cgroup = \"{parent}\"\n"
+    );
+    let f = Fixture::with_config(Handler::Linux, Image::new(vec![busybox_layer()]), &toml).await;
+    let ctl = main_controller();
+    let daemon_cgroup = cgroup_of(f.d.pid().unwrap() as i64, ctl);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", f.d.pid().unwrap())).unwrap();
+    let bounding = status.lines().find_map(|l| l.strip_prefix("CapBnd:\t")).unwrap().to_string();
+    let mut pods = Vec::new();
+    let mut removed = Vec::new();
+    let probe = "test -e /dev/kmsg && echo host-devices || echo no-host-devices; grep CapEff /proc/self/status; \
+                 exec sleep 1000";
+    for (handler, monitors_in) in [("", "daemon"), ("runc-pod", "pod"), ("linux-under", "parent")] {
+        let mut pc = f.pod_config(&format!("opt-{monitors_in}"));
+        pc.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext { privileged: true, ..Default::default() }),
+            ..Default::default()
+        });
+        let pod = f.d.run_pod(pc.clone(), handler).await.expect("RunPodSandbox");
+        let mut c = f.container("probe", probe);
+        security(&mut c, cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() });
+        let id = f.create(&pod, &pc, c).await.expect("CreateContainer");
+        f.start(&id).await.expect("StartContainer");
+        let info = f.info(&id).await;
+        let monitor = info["monitorPid"].as_i64().unwrap();
+        let init = info["pid"].as_i64().unwrap();
+        let want = match monitors_in {
+            "daemon" => daemon_cgroup.clone(),
+            "pod" => format!("/cricket/pod-{pod}/monitor-{id}"),
+            _ => format!("{parent}/monitor-{id}"),
+        };
+        assert_eq!(cgroup_of(monitor, ctl), want, "monitor of handler {handler:?}");
+        assert_eq!(info["monitorCgroup"].is_null(), monitors_in == "daemon", "{info}");
+        // The container itself stays in its own cgroup, whatever the monitor's.
+        assert_eq!(cgroup_of(init, ctl), format!("/cricket/pod-{pod}/{id}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let log = f.logs.path().join(format!("opt-{monitors_in}")).join("probe.log");
+        while log_lines(&log).len() < 2 {
+            assert!(Instant::now() < deadline, "no output from the probe of {handler:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text: Vec<String> = log_lines(&log).into_iter().map(|l| l.2).collect();
+        let devices = if handler == "runc-pod" { "no-host-devices" } else { "host-devices" };
+        assert_eq!(text[0], devices, "handler {handler:?}");
+        // Privileged all the same: every capability the daemon may grant.
+        assert_eq!(text[1].trim_start_matches("CapEff:\t"), bounding, "handler {handler:?}");
+        f.remove(&id).await.unwrap();
+        if monitors_in != "daemon" {
+            removed.push(want.trim_start_matches('/').to_string());
+        }
+        pods.push(pod);
+    }
+    for rel in &removed {
+        assert!(cgroup_dirs(rel).is_empty(), "monitor cgroup {rel} left after RemoveContainer");
+    }
+    // The configured parent is shared by the handler's monitors: it stays.
+    let parent_dirs = cgroup_dirs(parent.trim_start_matches('/'));
+    assert!(!parent_dirs.is_empty(), "{parent} was created");
+    for dir in parent_dirs {
+        remove_cgroup_tree(&dir);
+    }
+    let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+    f.finish(&pods).await;
 }

@@ -93,6 +93,11 @@ pub struct Manager {
     bus: systemd::Bus,
 }
 
+/// Validates a cgroup parent for `driver`: an absolute path (cgroupfs) or a slice (systemd).
+pub fn parse_parent(driver: CgroupDriver, parent: &str) -> Result<CgroupPath, CgroupError> {
+    path::parse_parent(driver, parent)
+}
+
 pub(crate) fn driver_name(driver: CgroupDriver) -> &'static str {
     match driver {
         CgroupDriver::Cgroupfs => "cgroupfs",
@@ -143,7 +148,7 @@ impl Manager {
 
     /// Validates a CRI cgroup_parent for this driver; empty means cricket's default parent.
     pub fn parse_parent(&self, parent: &str) -> Result<CgroupPath, CgroupError> {
-        path::parse_parent(self.driver, parent)
+        parse_parent(self.driver, parent)
     }
 
     /// The path of a pod or container cgroup under `parent`.

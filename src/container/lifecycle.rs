@@ -10,7 +10,7 @@ use super::process::{self, Proc};
 use super::rootfs::Rootfs;
 use super::*;
 use crate::cgroup::{CgroupDriver, Resources};
-use crate::config::HandlerKind;
+use crate::config::{HandlerKind, MonitorCgroup, RuntimeHandler};
 use crate::monitor::config::{ExitRecord, MonitorConfig, RuntimeKind};
 use crate::sandbox::SandboxState;
 
@@ -25,6 +25,8 @@ struct Undo {
     rootfs: Option<Rootfs>,
     cgroup: Option<CgroupPath>,
     init: Option<Proc>,
+    monitor: Option<Proc>,
+    monitor_cgroup: Option<CgroupPath>,
     dirs: Vec<PathBuf>,
 }
 
@@ -125,9 +127,15 @@ impl Containers {
             .await
             .map_err(|reason| ContainerError::Monitor { id: id.to_string(), reason })?;
         undo.init = Some(init);
+        undo.monitor = Some(monitor);
         if systemd {
             undo.cgroup = Some(cgroup.clone());
             self.cgroups.create_with_pid(&cgroup, &cg_resources, init.pid).await?;
+        }
+        let monitor_cgroup = self.monitor_cgroup(&sandbox.runtime_handler, &pod_cgroup, id)?;
+        if let Some(cg) = &monitor_cgroup {
+            undo.monitor_cgroup = Some(cg.clone());
+            self.cgroups.create_with_pid(cg, &Resources::default(), monitor.pid).await?;
         }
         let st = ContainerState {
             id: id.to_string(),
@@ -147,6 +155,7 @@ impl Containers {
             monitor: Some(monitor),
             init: Some(init),
             cgroup: Some(cgroup),
+            monitor_cgroup,
             log_path,
             resources,
             stop_signal: stop_signal(image_config.config().as_ref().and_then(|c| c.stop_signal().clone()))?,
@@ -155,6 +164,25 @@ impl Containers {
         };
         self.persist(&st)?;
         Ok(Container::new(st, Some(lease)))
+    }
+
+    /// The configuration of a pod's runtime handler ("" is the default one).
+    pub(super) fn handler(&self, name: &str) -> Result<&RuntimeHandler, ContainerError> {
+        let name = if name.is_empty() { "default" } else { name };
+        self.config.runtimes.get(name).ok_or_else(|| {
+            ContainerError::Create(format!("runtime handler {name:?} of the pod is no longer configured"))
+        })
+    }
+
+    /// Where the handler wants this container's monitor: a `monitor-<id>`
+    /// cgroup in the pod's or in the configured parent; None leaves it in the daemon's.
+    fn monitor_cgroup(&self, handler: &str, pod: &CgroupPath, id: &str) -> Result<Option<CgroupPath>, ContainerError> {
+        let parent = match self.handler(handler)?.monitor_cgroup() {
+            MonitorCgroup::Daemon => return Ok(None),
+            MonitorCgroup::Pod => pod.clone(),
+            MonitorCgroup::Under(parent) => self.cgroups.parse_parent(parent)?,
+        };
+        Ok(Some(self.cgroups.child(&parent, &format!("monitor-{id}"))))
     }
 
     /// How the pod's runtime handler creates this container.
@@ -166,9 +194,7 @@ impl Containers {
         rootfs: &std::path::Path,
     ) -> Result<RuntimeKind, ContainerError> {
         let name = if handler.is_empty() { "default" } else { handler };
-        let h = self.config.runtimes.get(name).ok_or_else(|| {
-            ContainerError::Create(format!("runtime handler {name:?} of the pod is no longer configured"))
-        })?;
+        let h = self.handler(handler)?;
         match (h.kind, &h.path) {
             (HandlerKind::Linux, _) => Ok(RuntimeKind::Linux),
             (HandlerKind::Oci, Some(path)) => {
@@ -197,6 +223,15 @@ impl Containers {
         if let Some(init) = undo.init {
             let _ = init.signal(libc::SIGKILL);
             init.exited().await;
+        }
+        if let Some(cg) = undo.monitor_cgroup {
+            // The monitor leaves once its init is gone; its cgroup can go after it.
+            if let Some(monitor) = undo.monitor {
+                let _ = tokio::time::timeout(KILL_GRACE, monitor.exited()).await;
+            }
+            if let Err(e) = self.cgroups.remove(&cg).await {
+                tracing::warn!(cgroup = %cg, error = %e, "cannot remove the monitor cgroup of a failed create");
+            }
         }
         if let Some(cg) = undo.cgroup {
             let _ = self.cgroups.kill_all(&cg, nix::sys::signal::Signal::SIGKILL);
@@ -319,8 +354,11 @@ impl Containers {
             if let Err(e) = self.cgroups.kill_all(cg, nix::sys::signal::Signal::SIGKILL) {
                 tracing::warn!(container = %st.id, error = %e, "killing what is left in the container's cgroup failed");
             }
+        }
+        // The exit is recorded once the monitor has exited, so its cgroup is empty too.
+        for cg in st.cgroup.iter().chain(&st.monitor_cgroup) {
             if let Err(e) = self.cgroups.remove(cg).await {
-                tracing::warn!(container = %st.id, error = %e, "removing the container cgroup failed");
+                tracing::warn!(container = %st.id, cgroup = %cg, error = %e, "removing a container cgroup failed");
             }
         }
         let (state_dir, run_dir) = (self.state_dir(&st.id), self.run_dir(&st.id));

@@ -126,6 +126,9 @@ pub struct ContainerState {
     pub monitor: Option<Proc>,
     pub init: Option<Proc>,
     pub cgroup: Option<CgroupPath>,
+    /// The monitor's own cgroup, when the handler's `monitor_cgroup` gives one.
+    #[serde(default)]
+    pub monitor_cgroup: Option<CgroupPath>,
     /// Full path of the CRI log file, if the container has one.
     pub log_path: Option<PathBuf>,
     /// Resources as last applied (create or UpdateContainerResources).

@@ -90,6 +90,7 @@ impl Containers {
             volumes_dir: &volumes_dir,
             seccomp_default: oci::DEFAULT_SECCOMP_PROFILE,
             host: host(cgroup_v2)?,
+            privileged_host_devices: !self.handler(&sandbox.runtime_handler)?.privileged_without_host_devices,
         };
         let built = oci::build(&input)?;
         let user = Identity {

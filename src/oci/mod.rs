@@ -83,6 +83,9 @@ pub struct SpecInput<'a> {
     /// (usually [`DEFAULT_SECCOMP_PROFILE`]).
     pub seccomp_default: &'a str,
     pub host: &'a HostInfo,
+    /// Privileged containers get every host device (the handler's
+    /// `privileged_without_host_devices` turns this off).
+    pub privileged_host_devices: bool,
 }
 
 /// The spec and the identity its process runs as (for ContainerStatus.user).
@@ -153,7 +156,8 @@ pub fn build(input: &SpecInput) -> Result<Built, SpecError> {
     let mut linux = Linux::default();
     linux.set_cgroups_path(Some(PathBuf::from(&input.cgroups_path)));
     linux.set_namespaces(Some(namespaces(input)));
-    let (devices, device_rules) = devices::build(input.config, sc.privileged)?;
+    // Without host devices a privileged container gets the device set and rules of any other.
+    let (devices, device_rules) = devices::build(input.config, sc.privileged && input.privileged_host_devices)?;
     linux.set_resources(Some(resources::build(input.config, input.host, device_rules)));
     linux.set_devices(Some(devices));
     let sysctls: HashMap<String, String> = input.sandbox.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default();

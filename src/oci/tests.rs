@@ -21,6 +21,7 @@ pub struct Fixture {
     pub namespaces: PodNamespaces,
     pub pod_files: PodFiles,
     pub cgroup_v2: bool,
+    pub privileged_host_devices: bool,
 }
 
 pub fn image(config: serde_json::Value) -> ImageConfiguration {
@@ -104,6 +105,7 @@ impl Fixture {
                 shm: Some(pod.join("shm")),
             },
             cgroup_v2: false,
+            privileged_host_devices: true,
             dir,
         }
     }
@@ -128,6 +130,7 @@ impl Fixture {
             volumes_dir: &volumes,
             seccomp_default: DEFAULT_SECCOMP_PROFILE,
             host: &self.host,
+            privileged_host_devices: self.privileged_host_devices,
         })
     }
 
@@ -374,6 +377,33 @@ fn privileged_gets_everything() {
         let m = find_mount(&s, dest);
         assert!(m.options().as_ref().unwrap().contains(&"rw".to_string()), "{dest} is rw");
     }
+}
+
+#[test]
+fn privileged_without_host_devices() {
+    let mut f = Fixture::new();
+    f.sc().privileged = true;
+    f.privileged_host_devices = false;
+    f.config.devices = vec![k8s_cri::v1::Device {
+        container_path: "/dev/extra".into(),
+        host_path: "/dev/zero".into(),
+        permissions: "rw".into(),
+    }];
+    let s = spec(&f);
+    let linux = s.linux().as_ref().unwrap();
+    let paths: Vec<&Path> = linux.devices().iter().flatten().map(|d| d.path().as_path()).collect();
+    assert_eq!(paths, [Path::new("/dev/extra")], "only the requested device");
+    let rules = linux.resources().as_ref().unwrap().devices().clone().unwrap();
+    assert!(!rules[0].allow() && rules[0].typ() == Some(LinuxDeviceType::A), "deny all first: {rules:?}");
+    let last = rules.last().unwrap();
+    assert_eq!(
+        (last.allow(), last.major(), last.minor(), last.access().as_deref()),
+        (true, Some(1), Some(5), Some("rw"))
+    );
+    // Still privileged otherwise: every capability, writable /sys.
+    let caps = s.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+    assert_eq!(caps.bounding().as_ref(), Some(&f.host.bounding_caps));
+    assert!(find_mount(&s, "/sys").options().as_ref().unwrap().contains(&"rw".to_string()));
 }
 
 #[test]

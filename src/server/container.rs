@@ -60,6 +60,7 @@ pub fn info(st: &ContainerState, spec: Option<serde_json::Value>) -> HashMap<Str
         "sandboxID": st.sandbox_id,
         "runtimeHandler": st.runtime_handler,
         "cgroup": st.cgroup,
+        "monitorCgroup": st.monitor_cgroup,
         "stopSignal": st.stop_signal,
         "layers": st.layers,
         "config": st.config,

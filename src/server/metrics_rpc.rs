@@ -256,6 +256,7 @@ mod tests {
             monitor: None,
             init: None,
             cgroup: None,
+            monitor_cgroup: None,
             log_path: None,
             resources: Some(LinuxContainerResources {
                 memory_limit_in_bytes: 64 << 20,
