@@ -762,3 +762,95 @@ async fn events_follow_the_pod_lifecycle() {
     }
     finish(d, net);
 }
+
+/// A cgroup file's trimmed content in whichever hierarchy (or the v2 tree) of `rel` has it.
+fn cgroup_file(rel: &str, names: &[&str]) -> String {
+    let dirs = cgroup_dirs(rel);
+    let file = dirs
+        .iter()
+        .flat_map(|d| names.iter().map(move |n| d.join(n)))
+        .find(|f| f.exists())
+        .unwrap_or_else(|| panic!("none of {names:?} in {dirs:?}"));
+    std::fs::read_to_string(file).unwrap().trim().to_string()
+}
+
+/// Memory limit, CPU quota and CPU weight of a cgroup, as v1 files give them (v2 converted).
+fn limits(rel: &str) -> (String, String, String) {
+    let memory = cgroup_file(rel, &["memory.limit_in_bytes", "memory.max"]);
+    let quota = cgroup_file(rel, &["cpu.cfs_quota_us", "cpu.max"]);
+    let quota = quota.split(' ').next().unwrap().replace("max", "-1");
+    let weight = cgroup_file(rel, &["cpu.shares", "cpu.weight"]);
+    (memory, quota, weight)
+}
+
+fn resources(shares: i64, quota: i64, memory: i64) -> Option<cri::LinuxContainerResources> {
+    Some(cri::LinuxContainerResources {
+        cpu_shares: shares,
+        cpu_quota: quota,
+        cpu_period: 100_000,
+        memory_limit_in_bytes: memory,
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_cgroup_holds_the_pod_resources_plus_overhead() {
+    let net = TestNet::new();
+    let d = Daemon::start_with_net(&net, "").await;
+    let before = traces(&d, &net);
+    let v2 = cgroup_v1_mounts().is_empty();
+    let unlimited = if v2 { "max" } else { "9223372036854771712" };
+    let weight = |shares: u64| if v2 { (1 + (shares - 2) * 9999 / 262_142).to_string() } else { shares.to_string() };
+    let host_network = cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() };
+    let pod = |name: &str, cgroup_parent: &str, limits, overhead| {
+        let mut c = with_namespaces(pod_config(name), host_network.clone());
+        let linux = c.linux.as_mut().unwrap();
+        (linux.cgroup_parent, linux.resources, linux.overhead) = (cgroup_parent.to_string(), limits, overhead);
+        c
+    };
+    // As kubelet sends them: 500m CPU and 64 MiB limits, 250m and 32 MiB of RuntimeClass overhead.
+    let overhead = resources(256, 25_000, 32 << 20);
+    let sized = d.run_pod(pod("sized", "", resources(512, 50_000, 64 << 20), overhead.clone()), "").await.unwrap();
+    let want = ((96u64 << 20).to_string(), "75000".to_string(), weight(768));
+    assert_eq!(limits(&format!("cricket/pod-{sized}")), want);
+    // Without limits the overhead adds weight, not limits.
+    let open = d.run_pod(pod("open", "", resources(2, 0, 0), overhead.clone()), "").await.unwrap();
+    assert_eq!(limits(&format!("cricket/pod-{open}")), (unlimited.to_string(), "-1".to_string(), weight(258)));
+    // A pod cgroup that exists is kubelet's, sized by kubelet: cricket leaves its values alone.
+    let parent = format!("crktest-kubepods-{}", &net.bridge[3..]);
+    let roots = if v2 { vec![PathBuf::from("/sys/fs/cgroup")] } else { cgroup_v1_mounts() };
+    for root in &roots {
+        let dir = root.join(&parent);
+        std::fs::create_dir(&dir).unwrap();
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(value) = std::fs::read_to_string(root.join(file)) {
+                std::fs::write(dir.join(file), value.trim()).unwrap();
+            }
+        }
+    }
+    let kubelets = (128u64 << 20).to_string();
+    let memory_file = cgroup_dirs(&parent)
+        .into_iter()
+        .flat_map(|d| [d.join("memory.limit_in_bytes"), d.join("memory.max")])
+        .find(|f| f.exists())
+        .unwrap();
+    std::fs::write(&memory_file, &kubelets).unwrap();
+    let as_kubelet_left_it = limits(&parent);
+    assert_eq!(as_kubelet_left_it.0, kubelets);
+    let owned = d.run_pod(pod("owned", &format!("/{parent}"), resources(512, 50_000, 64 << 20), overhead), "").await;
+    let owned = owned.unwrap();
+    assert_eq!(limits(&parent), as_kubelet_left_it);
+    let ids = [sized, open, owned];
+    for id in &ids {
+        d.remove_pod(id).await.expect("RemovePodSandbox");
+    }
+    // kubelet's cgroup stays (cricket removed only what it made inside it).
+    let kept = cgroup_dirs(&parent);
+    assert_eq!(kept.len(), roots.len(), "{kept:?}");
+    assert!(kept.iter().all(|d| !d.join("pod-init").exists()), "{kept:?}");
+    for dir in kept {
+        remove_cgroup_tree(&dir);
+    }
+    assert_clean(&d, &net, &before, &ids, &[]);
+    finish(d, net);
+}

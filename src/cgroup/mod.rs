@@ -175,6 +175,11 @@ impl Manager {
         }
     }
 
+    /// Whether the cgroup's directory exists (in any v1 hierarchy).
+    pub fn exists(&self, path: &CgroupPath) -> bool {
+        self.fs_paths(path).iter().any(|p| p.exists())
+    }
+
     /// Creates the cgroup and applies `resources`; true when it did not exist before.
     pub async fn create(&self, path: &CgroupPath, resources: &Resources) -> Result<bool, CgroupError> {
         self.create_inner(path, resources, None).await
@@ -202,7 +207,7 @@ impl Manager {
         if self.driver == CgroupDriver::Systemd {
             systemd::check(path, pid)?;
         }
-        let existed = self.fs_paths(path).iter().any(|p| p.exists());
+        let existed = self.exists(path);
         let result = self.setup(path, &rel, res, pid).await;
         if result.is_err() && !existed {
             if let Err(e) = self.remove(path).await {

@@ -362,8 +362,10 @@ impl Sandboxes {
             sysctls,
             pod_init: want_init,
         };
+        // A pod cgroup that exists already is kubelet's, which sized it (overhead
+        // included) and keeps it up to date: it is only used, never rewritten.
+        let resources = if self.cgroups.exists(&pod_cgroup) { Resources::default() } else { pod_resources(&linux) };
         // Neither step needs the other: run them together.
-        let resources = pod_resources(&linux);
         let (created, pinned) = tokio::join!(self.cgroups.create(&pod_cgroup, &resources), async {
             if kinds.is_empty() && !want_init {
                 Ok(None)
@@ -610,16 +612,27 @@ impl Sandboxes {
     }
 }
 
+/// The CFS period the kernel uses when none is set, in µs.
+const DEFAULT_CPU_PERIOD: u64 = 100_000;
+
+/// The pod cgroup's limits, sized as kubelet sizes its own pod cgroups:
+/// `resources` is the containers' sum without the RuntimeClass overhead, so
+/// the overhead is added to the CPU weight and to the limits that exist (an
+/// unlimited pod stays unlimited).
 fn pod_resources(linux: &k8s_cri::v1::LinuxPodSandboxConfig) -> Resources {
     let mut r = linux.resources.as_ref().map(Resources::from_cri).unwrap_or_default();
-    if let Some(overhead) = linux.overhead.as_ref().map(Resources::from_cri) {
-        // Pod overhead (RuntimeClass) raises the pod limits it adds to.
-        if let (Some(limit), Some(extra)) = (r.memory_limit, overhead.memory_limit) {
-            r.memory_limit = Some(limit + extra);
-        }
-        if let (Some(quota), Some(extra)) = (r.cpu_quota, overhead.cpu_quota) {
-            r.cpu_quota = Some(quota + extra);
-        }
+    let Some(overhead) = linux.overhead.as_ref().map(Resources::from_cri) else { return r };
+    if let Some(extra) = overhead.cpu_shares {
+        r.cpu_shares = Some(r.cpu_shares.unwrap_or(0) + extra);
+    }
+    if let (Some(quota @ 1..), Some(extra @ 1..)) = (r.cpu_quota, overhead.cpu_quota) {
+        // Quotas are per period: the overhead's is converted to the pod's period.
+        let period = r.cpu_period.unwrap_or(DEFAULT_CPU_PERIOD) as i64;
+        let extra_period = overhead.cpu_period.unwrap_or(DEFAULT_CPU_PERIOD) as i64;
+        r.cpu_quota = Some(quota + extra * period / extra_period);
+    }
+    if let (Some(limit @ 1..), Some(extra @ 1..)) = (r.memory_limit, overhead.memory_limit) {
+        r.memory_limit = Some(limit + extra);
     }
     r
 }
@@ -651,5 +664,61 @@ fn release_volatile(run: &Path) {
     let _ = unmount_and_remove(&run.join("shm"));
     if let Err(e) = state::remove_path(run) {
         tracing::warn!(dir = %run.display(), error = %e, "removing sandbox run dir failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_cri::v1::{LinuxContainerResources, LinuxPodSandboxConfig};
+
+    use super::*;
+
+    fn cri(shares: i64, quota: i64, period: i64, memory: i64) -> Option<LinuxContainerResources> {
+        Some(LinuxContainerResources {
+            cpu_shares: shares,
+            cpu_quota: quota,
+            cpu_period: period,
+            memory_limit_in_bytes: memory,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn overhead_adds_to_what_the_pod_limits() {
+        // 500m CPU and 64 MiB limits, with 250m and 32 MiB of overhead, as kubelet sends them.
+        let linux = LinuxPodSandboxConfig {
+            resources: cri(512, 50_000, 100_000, 64 << 20),
+            overhead: cri(256, 25_000, 100_000, 32 << 20),
+            ..Default::default()
+        };
+        let r = pod_resources(&linux);
+        assert_eq!((r.cpu_shares, r.cpu_quota, r.cpu_period), (Some(768), Some(75_000), Some(100_000)));
+        assert_eq!(r.memory_limit, Some(96 << 20));
+        // The overhead's quota is per its own period.
+        let linux = LinuxPodSandboxConfig {
+            resources: cri(512, 50_000, 100_000, 0),
+            overhead: cri(256, 12_500, 50_000, 0),
+            ..Default::default()
+        };
+        assert_eq!(pod_resources(&linux).cpu_quota, Some(75_000));
+    }
+
+    #[test]
+    fn overhead_leaves_an_unlimited_pod_unlimited() {
+        // No limits (kubelet: quota 0, no memory limit); requests give the weight.
+        let linux = LinuxPodSandboxConfig {
+            resources: cri(2, 0, 100_000, 0),
+            overhead: cri(256, 25_000, 100_000, 32 << 20),
+            ..Default::default()
+        };
+        let r = pod_resources(&linux);
+        assert_eq!((r.cpu_shares, r.cpu_quota, r.memory_limit), (Some(258), None, None));
+        let only_overhead = LinuxPodSandboxConfig { overhead: cri(256, 0, 0, 0), ..Default::default() };
+        assert_eq!(pod_resources(&only_overhead).cpu_shares, Some(256));
+        let none = LinuxPodSandboxConfig { resources: cri(512, 0, 0, 1 << 30), ..Default::default() };
+        assert_eq!(
+            pod_resources(&none),
+            Resources { cpu_shares: Some(512), memory_limit: Some(1 << 30), ..Default::default() }
+        );
     }
 }
