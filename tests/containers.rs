@@ -55,6 +55,7 @@ per_handler!(
     security_settings_apply,
     bidirectional_mounts_reach_the_host,
     pod_pids_limit_caps_forks,
+    recursive_read_only_mounts,
 );
 
 struct Fixture {
@@ -840,6 +841,81 @@ async fn handler_options_place_monitors_and_withhold_host_devices() {
     for dir in parent_dirs {
         remove_cgroup_tree(&dir);
     }
+    // Status lists every handler with its features, and verbose info their options.
+    let req = cri::StatusRequest { verbose: true };
+    let status = f.d.runtime().await.status(req).await.unwrap().into_inner();
+    let mut names: Vec<&str> = status.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["", "crun", "linux-under", "runc", "runc-pod"]);
+    for h in &status.runtime_handlers {
+        let features = h.features.unwrap();
+        let rro = match h.name.as_str() {
+            "" | "linux-under" => true,
+            "runc" | "runc-pod" => advertises_rro(RUNC),
+            _ => advertises_rro(CRUN),
+        };
+        assert_eq!((features.recursive_read_only_mounts, features.user_namespaces), (rro, false), "{h:?}");
+    }
+    let info: serde_json::Value = serde_json::from_str(&status.info["runtimeHandlers"]).unwrap();
+    let runc_pod = info.as_array().unwrap().iter().find(|h| h["name"] == "runc-pod").expect("runc-pod in {info}");
+    assert_eq!(runc_pod["type"], "oci");
+    assert_eq!(runc_pod["path"], RUNC);
+    assert_eq!(runc_pod["options"]["monitor_cgroup"], "pod");
+    assert_eq!(runc_pod["options"]["privileged_without_host_devices"], true);
+    assert_eq!(runc_pod["features"]["recursiveReadOnlyMounts"], advertises_rro(RUNC));
+    let default = info.as_array().unwrap().iter().find(|h| h["name"] == "default").expect("default in {info}");
+    assert_eq!((&default["type"], &default["options"]["monitor_cgroup"]), (&"linux".into(), &"".into()));
     let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
     f.finish(&pods).await;
+}
+
+/// Whether the OCI runtime at `path` lists `rro` in `features` (runc 1.1+, crun 1.8.6+).
+fn advertises_rro(path: &str) -> bool {
+    let out = std::process::Command::new(path).arg("features").output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    out.status.success() && doc["mountOptions"].as_array().is_some_and(|o| o.iter().any(|v| v == "rro"))
+}
+
+async fn recursive_read_only_mounts(handler: Handler) {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let f = Fixture::new(handler).await;
+    let (pod, pc) = f.pod("rro").await;
+    let host = tempdir();
+    let sub = host.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    mount(Some("tmpfs"), &sub, Some("tmpfs"), MsFlags::empty(), Some("size=1m")).unwrap();
+    let status = f.d.runtime().await.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let reported = status.runtime_handlers.iter().find(|h| h.name == handler.name()).expect("handler in Status");
+    let rro = reported.features.unwrap().recursive_read_only_mounts;
+    let mut ids = Vec::new();
+    for (name, recursive) in [("plain", false), ("recursive", true)] {
+        let mut c = f.container(name, "touch /vol/sub/x 2>/dev/null && echo sub-writable || echo sub-read-only");
+        c.mounts = vec![cri::Mount {
+            container_path: "/vol".into(),
+            host_path: host.path().display().to_string(),
+            readonly: true,
+            recursive_read_only: recursive,
+            ..Default::default()
+        }];
+        let id = f.create(&pod, &pc, c).await;
+        ids.push(id.map(|id| (name, id)));
+    }
+    if !rro {
+        // What the handler doesn't report it supports is refused, not done halfway.
+        let err = ids.pop().unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("/vol") && err.message().contains("recursive read-only"), "{err:?}");
+    }
+    let mut seen = Vec::new();
+    for created in &ids {
+        let (name, id) = created.as_ref().expect("CreateContainer");
+        f.start(id).await.unwrap();
+        f.wait_exit(id).await;
+        seen.push(log_lines(&f.log_file("rro", name)).into_iter().map(|l| l.2).collect::<Vec<_>>());
+    }
+    let _ = umount2(&sub, MntFlags::MNT_DETACH);
+    // A plain read-only bind leaves the mounts under it writable; rro doesn't.
+    let expected: &[&[&str]] = if rro { &[&["sub-writable"], &["sub-read-only"]] } else { &[&["sub-writable"]] };
+    assert_eq!(seen, expected);
+    f.finish(&[&pod]).await;
 }

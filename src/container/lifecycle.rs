@@ -44,6 +44,7 @@ impl Containers {
         if image_name.is_empty() {
             return Err(ContainerError::Invalid("image is required".into()));
         }
+        self.check_features(&sandbox.runtime_handler, &config)?;
         let record = self.images.find(&image_name)?.ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
         let id = ids::new_id();
         let key = name_key(&sandbox.id, &config);
@@ -164,6 +165,20 @@ impl Containers {
         };
         self.persist(&st)?;
         Ok(Container::new(st, Some(lease)))
+    }
+
+    /// Refuses what the pod's handler can't do rather than let it do less:
+    /// a runtime that ignored `rro` would leave submounts writable.
+    fn check_features(&self, handler: &str, config: &ContainerConfig) -> Result<(), ContainerError> {
+        let name = if handler.is_empty() { "default" } else { handler };
+        let features = self.features.get(name).copied().unwrap_or_default();
+        match config.mounts.iter().find(|m| m.recursive_read_only) {
+            Some(m) if !features.recursive_read_only_mounts => Err(ContainerError::Invalid(format!(
+                "mount {}: runtime handler {name:?} does not support recursive read-only mounts",
+                m.container_path
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The configuration of a pod's runtime handler ("" is the default one).

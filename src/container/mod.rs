@@ -25,6 +25,7 @@ use crate::ids::{self, Lookup, Names};
 use crate::image::{store::Lease, ImageError, Images};
 use crate::metrics::ContainerCounters;
 use crate::monitor::config::MonitorConfig;
+use crate::runtime::features::HandlerFeatures;
 pub use crate::sandbox::EventKind;
 use crate::sandbox::{SandboxError, Sandboxes};
 use crate::state;
@@ -196,6 +197,7 @@ pub struct Containers {
     events: tokio::sync::broadcast::Sender<ContainerEvent>,
     cpu_samples: stats::CpuSamples,
     counters: ContainerCounters,
+    features: HandlerFeatures,
 }
 
 impl Containers {
@@ -209,6 +211,7 @@ impl Containers {
         counters: ContainerCounters,
     ) -> Result<Arc<Containers>, ContainerError> {
         let events = tokio::sync::broadcast::channel(EVENT_BUFFER).0;
+        let features = crate::runtime::features::probe(&config).await;
         let this = Arc::new(Containers {
             config,
             images,
@@ -218,9 +221,15 @@ impl Containers {
             events,
             cpu_samples: Default::default(),
             counters,
+            features,
         });
         this.recover().await?;
         Ok(this)
+    }
+
+    /// What each configured handler supports, by handler name (`default` for CRI's `""`).
+    pub fn handler_features(&self) -> &HandlerFeatures {
+        &self.features
     }
 
     fn state_dir(&self, id: &str) -> PathBuf {

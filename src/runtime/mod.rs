@@ -3,6 +3,7 @@
 //! OCI runtime (issue 6) would run `runc create`. The monitor owns whatever
 //! this returns and drives it through start.
 
+pub mod features;
 pub mod linux;
 
 use std::os::fd::OwnedFd;

@@ -9,7 +9,7 @@ use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::{container, metrics_rpc, pod};
-use crate::config::{CgroupDriver as Driver, Config, HandlerKind};
+use crate::config::{CgroupDriver as Driver, Config};
 use crate::container::Containers;
 use crate::network;
 use crate::sandbox::Sandboxes;
@@ -52,19 +52,45 @@ impl RuntimeApi {
     }
 
     fn handlers(&self) -> Vec<RuntimeHandler> {
+        let features = self.containers.handler_features();
         self.config
             .runtimes
-            .iter()
-            .map(|(name, handler)| RuntimeHandler {
-                // CRI names the default handler with the empty string.
-                name: if name == "default" { String::new() } else { name.clone() },
-                features: Some(RuntimeHandlerFeatures {
-                    // The built-in executor makes mounts read-only recursively with mount_setattr.
-                    recursive_read_only_mounts: handler.kind == HandlerKind::Linux,
-                    user_namespaces: false,
-                }),
+            .keys()
+            .map(|name| {
+                let f = features.get(name).copied().unwrap_or_default();
+                RuntimeHandler {
+                    // CRI names the default handler with the empty string.
+                    name: if name == "default" { String::new() } else { name.clone() },
+                    features: Some(RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: f.recursive_read_only_mounts,
+                        user_namespaces: f.user_namespaces,
+                    }),
+                }
             })
             .collect()
+    }
+
+    /// Verbose Status' view of the handlers: type, binary, features and options.
+    fn handlers_info(&self) -> serde_json::Value {
+        let features = self.containers.handler_features();
+        let handlers: Vec<serde_json::Value> = self
+            .config
+            .runtimes
+            .iter()
+            .map(|(name, h)| {
+                serde_json::json!({
+                    "name": name,
+                    "type": h.kind,
+                    "path": h.path,
+                    "features": features.get(name).copied().unwrap_or_default(),
+                    "options": {
+                        "privileged_without_host_devices": h.privileged_without_host_devices,
+                        "monitor_cgroup": h.monitor_cgroup,
+                    },
+                })
+            })
+            .collect();
+        serde_json::Value::Array(handlers)
     }
 }
 
@@ -105,6 +131,7 @@ impl RuntimeService for RuntimeApi {
                 Err(reason) => serde_json::json!({ "error": reason }),
             };
             info.insert("network".to_string(), network.to_string());
+            info.insert("runtimeHandlers".to_string(), self.handlers_info().to_string());
         }
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus { conditions }),
