@@ -5,6 +5,7 @@ pub mod pull;
 pub mod reference;
 pub mod store;
 pub mod unpack;
+pub mod wasm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -180,7 +181,12 @@ impl Images {
     }
 
     /// The image's config document (entrypoint, env, user, stop signal, volumes).
+    /// A Wasm OCI artifact's is made up: its binary as entrypoint, nothing else.
     pub fn image_config(&self, record: &ImageRecord) -> Result<oci_spec::image::ImageConfiguration, ImageError> {
+        if let Some(artifact) = &record.wasm {
+            return wasm::image_config(artifact, &record.layers)
+                .map_err(|e| ImageError::Store(std::io::Error::other(e)));
+        }
         let blob = self.store.read_blob(&record.id)?;
         serde_json::from_slice(&blob).map_err(|e| {
             ImageError::Store(std::io::Error::other(format!("config {} of the image is malformed: {e}", record.id)))

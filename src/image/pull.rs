@@ -20,6 +20,7 @@ use super::auth::{self, Credentials};
 use super::reference::ImageName;
 use super::store::{ImageRecord, Store};
 use super::unpack::{self, Compression, UnpackError};
+use super::wasm::{self, ArtifactError};
 use super::ImageError;
 use crate::config::{parse_endpoint, Config};
 use crate::metrics::PullMetrics;
@@ -280,42 +281,30 @@ impl Puller {
         let mut config_raw = Vec::with_capacity(cfg_desc.size.max(0) as usize);
         client.pull_blob(&reference, cfg_desc, &mut config_raw).await.map_err(classify)?;
         check_digest(&config_raw, &cfg_desc.digest)?;
-        let config: serde_json::Value = serde_json::from_slice(&config_raw)
-            .map_err(|e| fail(FailureKind::BadContent, format!("image config {} is not JSON: {e}", cfg_desc.digest)))?;
-        if let Some(os) = config.get("os").and_then(|v| v.as_str()) {
-            if os != "linux" {
-                return Err(fail(FailureKind::Unsupported, format!("image is for os {os:?}, not linux")));
-            }
-        }
-        let diff_ids: Vec<String> = config
-            .pointer("/rootfs/diff_ids")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
         let layers = &r.manifest.layers;
-        if diff_ids.len() != layers.len() {
-            return Err(fail(
-                FailureKind::BadContent,
-                format!("image config lists {} diff IDs but the manifest has {} layers", diff_ids.len(), layers.len()),
-            ));
-        }
+        let (diff_ids, content, user, wasm) = if cfg_desc.media_type == wasm::CONFIG_MEDIA_TYPE {
+            let artifact = wasm::check(&config_raw, layers).map_err(|e| match e {
+                ArtifactError::Malformed(_) => fail(FailureKind::BadContent, e.to_string()),
+                ArtifactError::Unsupported(_) => fail(FailureKind::Unsupported, e.to_string()),
+            })?;
+            // The layer is the binary itself: its digest is its diff ID.
+            let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+            (digests, Content::Wasm, String::new(), Some(artifact))
+        } else {
+            let (diff_ids, user) = image_layers(&config_raw, &cfg_desc.digest, layers)?;
+            (diff_ids, Content::Tar, user, None)
+        };
         for (layer, diff_id) in layers.iter().zip(&diff_ids) {
             super::reference::validate_digest(&layer.digest)
                 .and_then(|_| super::reference::validate_digest(diff_id))
                 .map_err(|m| fail(FailureKind::BadContent, format!("layer {}: {m}", layer.digest)))?;
-            if Compression::from_media_type(&layer.media_type).is_none() {
-                return Err(fail(
-                    FailureKind::Unsupported,
-                    format!("layer {} has media type {:?}", layer.digest, layer.media_type),
-                ));
-            }
         }
 
         let _lease = self.store.lease(&diff_ids);
         let jobs: Vec<(OciDescriptor, String)> = layers.iter().cloned().zip(diff_ids.iter().cloned()).collect();
         let reference = &reference;
         futures::stream::iter(jobs)
-            .map(|(desc, diff_id)| async move { self.fetch_layer(client, reference, &desc, &diff_id).await })
+            .map(|(desc, diff_id)| async move { self.fetch_layer(client, reference, &desc, &diff_id, content).await })
             .buffer_unordered(self.config.pull.max_concurrent_layers)
             .try_collect::<Vec<()>>()
             .await?;
@@ -328,7 +317,6 @@ impl Puller {
         }
         self.store.write_blob(&cfg_desc.digest, config_raw).await.map_err(io_fail)?;
         let size = cfg_desc.size.max(0) as u64 + layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
-        let user = config.pointer("/config/User").and_then(|v| v.as_str()).unwrap_or("").to_string();
         let record = ImageRecord {
             id: cfg_desc.digest.clone(),
             repo_tags: name.tagged().into_iter().collect(),
@@ -337,6 +325,8 @@ impl Puller {
             layers: diff_ids,
             size,
             user,
+            annotations: r.manifest.annotations.unwrap_or_default(),
+            wasm,
         };
         self.store.put_image(record).await.map_err(io_fail)?;
         Ok(cfg_desc.digest.clone())
@@ -348,13 +338,19 @@ impl Puller {
         reference: &Reference,
         desc: &OciDescriptor,
         diff_id: &str,
+        content: Content,
     ) -> Result<(), Failure> {
         let _guard = self.store.lock_layer(diff_id).await;
         if self.store.layer(diff_id).is_some() {
             return Ok(());
         }
-        let compression = Compression::from_media_type(&desc.media_type)
-            .ok_or_else(|| fail(FailureKind::Unsupported, format!("layer media type {:?}", desc.media_type)))?;
+        let compression = match content {
+            Content::Wasm => None,
+            Content::Tar => Some(
+                Compression::from_media_type(&desc.media_type)
+                    .ok_or_else(|| fail(FailureKind::Unsupported, format!("layer media type {:?}", desc.media_type)))?,
+            ),
+        };
         let sized = client.pull_blob_stream(reference, desc).await.map_err(classify)?;
         let tmp = self.store.temp_dir().map_err(|e| fail(FailureKind::Unreachable, format!("image store: {e}")))?;
         // If this future is dropped (pull timeout), the unpack thread stops at
@@ -366,7 +362,11 @@ impl Puller {
         let started = std::time::Instant::now();
         let (stats, dest) = tokio::task::spawn_blocking(move || {
             let path = dest.0.as_deref().expect("temp dir is set until committed");
-            unpack::apply_layer(reader, compression, &digest, Some(&diff), path).map(|stats| (stats, dest))
+            let stats = match compression {
+                Some(c) => unpack::apply_layer(reader, c, &digest, Some(&diff), path),
+                None => wasm::store_binary(reader, &digest, path),
+            };
+            stats.map(|stats| (stats, dest))
         })
         .await
         .map_err(|e| fail(FailureKind::Unreachable, format!("layer worker: {e}")))?
@@ -379,6 +379,50 @@ impl Puller {
         self.metrics.downloaded(desc.size.max(0) as u64);
         Ok(())
     }
+}
+
+/// What a manifest's layers hold.
+#[derive(Debug, Clone, Copy)]
+enum Content {
+    /// Tar changesets, compressed as the media type says.
+    Tar,
+    /// A Wasm OCI artifact's module or component.
+    Wasm,
+}
+
+/// A container image's diff IDs (checked against the manifest's layers) and user, from its config.
+fn image_layers(config_raw: &[u8], digest: &str, layers: &[OciDescriptor]) -> Result<(Vec<String>, String), Failure> {
+    let config: serde_json::Value = serde_json::from_slice(config_raw)
+        .map_err(|e| fail(FailureKind::BadContent, format!("image config {digest} is not JSON: {e}")))?;
+    if let Some(os) = config.get("os").and_then(|v| v.as_str()) {
+        if os != "linux" {
+            return Err(fail(FailureKind::Unsupported, format!("image is for os {os:?}, not linux")));
+        }
+    }
+    let diff_ids: Vec<String> = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if diff_ids.len() != layers.len() {
+        return Err(fail(
+            FailureKind::BadContent,
+            format!("image config lists {} diff IDs but the manifest has {} layers", diff_ids.len(), layers.len()),
+        ));
+    }
+    if let Some(layer) = layers.iter().find(|l| Compression::from_media_type(&l.media_type).is_none()) {
+        let hint = if wasm::LAYER_MEDIA_TYPES.contains(&layer.media_type.as_str()) {
+            format!(" (a Wasm OCI artifact needs config media type {})", wasm::CONFIG_MEDIA_TYPE)
+        } else {
+            String::new()
+        };
+        return Err(fail(
+            FailureKind::Unsupported,
+            format!("layer {} has media type {:?}{hint}", layer.digest, layer.media_type),
+        ));
+    }
+    let user = config.pointer("/config/User").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    Ok((diff_ids, user))
 }
 
 /// A layer failure: a broken connection is retryable, content that fails
@@ -491,7 +535,10 @@ fn choose_platform(index: &OciImageIndex) -> Result<String, Failure> {
         let v = m.platform.as_ref().and_then(|p| p.variant.as_deref());
         v.is_none() || v == variant
     });
-    exact.or(candidates.first()).map(|m| m.digest.clone()).ok_or_else(|| {
+    // A Wasm artifact runs on any host: the fallback when no linux/<arch> image is offered.
+    let wasm =
+        || index.manifests.iter().find(|m| m.platform.as_ref().is_some_and(|p| p.architecture.to_string() == "wasm"));
+    exact.or(candidates.first()).copied().or_else(wasm).map(|m| m.digest.clone()).ok_or_else(|| {
         let offered: Vec<String> = index
             .manifests
             .iter()
@@ -523,6 +570,13 @@ mod tests {
             _ => return,
         };
         assert_eq!(choose_platform(&index).ok().as_deref(), Some(want));
+        let wasm = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aa","size":1,"platform":{"os":"linux","architecture":"s390x"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:dd","size":1,"platform":{"os":"wasip1","architecture":"wasm"}}]}"#;
+        let Ok(Document::Index(index)) = parse_manifest(wasm) else { panic!("index not parsed") };
+        if host_platform().0 != "s390x" {
+            assert_eq!(choose_platform(&index).ok().as_deref(), Some("sha256:dd"));
+        }
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub struct ImageRecord {
     pub size: u64,
     /// `User` from the image config.
     pub user: String,
+    /// The manifest's annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Set for a Wasm OCI artifact, whose one layer is a module or component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<super::wasm::WasmArtifact>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

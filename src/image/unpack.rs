@@ -59,6 +59,8 @@ pub enum UnpackError {
     UnsafePath { path: String, reason: &'static str },
     #[error("unsupported tar entry type {kind} for {path:?}")]
     UnsupportedEntry { path: String, kind: String },
+    #[error("layer is not a WebAssembly module or component (its first bytes are {0})")]
+    NotWasm(String),
     #[error("unsupported or malformed digest {0:?} (only sha256:<64 hex> is accepted)")]
     UnsupportedDigest(String),
     #[error("reading layer blob: {0}")]
