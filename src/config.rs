@@ -156,6 +156,9 @@ pub struct RuntimeHandler {
     /// cgroup path (cgroupfs driver) or slice (systemd driver) that holds them.
     #[serde(default)]
     pub monitor_cgroup: String,
+    /// Behaviour-changing annotations (of [`GATED_ANNOTATIONS`]) this handler's containers may use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_annotations: Vec<String>,
 }
 
 /// Where a handler's monitors run, from `monitor_cgroup`.
@@ -167,9 +170,26 @@ pub enum MonitorCgroup<'a> {
     Under(&'a str),
 }
 
+/// Annotations that change how a container runs; each works only on handlers
+/// listing it in `allowed_annotations` (an entry covers the keys it prefixes,
+/// as in CRI-O: `run.oci.` covers every `run.oci.*` key).
+pub const GATED_ANNOTATIONS: &[&str] =
+    &["run.oci.", "module.wasm.image/variant", "io.cricket.scheduler", "io.cricket.io-priority"];
+
+/// Whether `key` is one of [`GATED_ANNOTATIONS`].
+pub fn is_gated(key: &str) -> bool {
+    GATED_ANNOTATIONS.iter().any(|g| key.starts_with(g))
+}
+
 impl RuntimeHandler {
     pub fn new(kind: HandlerKind) -> RuntimeHandler {
-        RuntimeHandler { kind, path: None, privileged_without_host_devices: false, monitor_cgroup: String::new() }
+        RuntimeHandler {
+            kind,
+            path: None,
+            privileged_without_host_devices: false,
+            monitor_cgroup: String::new(),
+            allowed_annotations: Vec::new(),
+        }
     }
 
     pub fn monitor_cgroup(&self) -> MonitorCgroup<'_> {
@@ -178,6 +198,11 @@ impl RuntimeHandler {
             "pod" => MonitorCgroup::Pod,
             path => MonitorCgroup::Under(path),
         }
+    }
+
+    /// Whether containers of this handler may use the gated annotation `key`.
+    pub fn allows(&self, key: &str) -> bool {
+        self.allowed_annotations.iter().any(|a| key.starts_with(a.as_str()))
     }
 }
 
@@ -411,6 +436,18 @@ impl Config {
                     );
                 }
             }
+            if let Some(a) = handler
+                .allowed_annotations
+                .iter()
+                .find(|a| !GATED_ANNOTATIONS.contains(&a.as_str()) && !a.starts_with("run.oci."))
+            {
+                return invalid(
+                    &format!("{key}.allowed_annotations"),
+                    format!(
+                        "{a:?} is not an annotation cricket gates (one of {GATED_ANNOTATIONS:?}, or a run.oci.* key)"
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -536,6 +573,11 @@ mod tests {
                 "[runtimes.x]\ntype = \"linux\"\nprivileged_without_host_devices = \"maybe\"\n",
                 "privileged_without_host_devices",
             ),
+            (
+                "[runtimes.wasm]\ntype = \"wasm\"\nallowed_annotations = [\"io.kubernetes.cri\"]\n",
+                "runtimes.wasm.allowed_annotations",
+            ),
+            ("[runtimes.wasm]\ntype = \"wasm\"\nallowed_annotations = \"run.oci.handler\"\n", "allowed_annotations"),
             ("[log]\nlevel = \"loud=[\"\n", "log.level"),
             ("[pull]\nmax_concurrent_layers = -1\n", "max_concurrent_layers"),
             ("[metrics]\naddress = \"localhost:9537\"\n", "metrics.address"),
@@ -576,6 +618,25 @@ mod tests {
             load(&f, &d.join("none")).unwrap().runtimes["x"].monitor_cgroup(),
             MonitorCgroup::Under("mon.slice")
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn allowed_annotations_cover_keys_they_prefix() {
+        let d = tmpdir();
+        let f = d.join("a.toml");
+        std::fs::write(
+            &f,
+            "[runtimes.crun]\ntype = \"linux\"\nallowed_annotations = [\"run.oci.\", \"io.cricket.scheduler\"]\n",
+        )
+        .unwrap();
+        let cfg = load(&f, &d.join("none")).unwrap();
+        let crun = &cfg.runtimes["crun"];
+        assert!(crun.allows("run.oci.handler") && crun.allows("io.cricket.scheduler"));
+        assert!(!crun.allows("module.wasm.image/variant") && !crun.allows("io.cricket.io-priority"));
+        assert!(!cfg.runtimes["default"].allows("run.oci.handler"), "opt-in: nothing allowed by default");
+        assert!(is_gated("run.oci.handler") && is_gated(crate::oci::sched::SCHEDULER_ANNOTATION));
+        assert!(is_gated(crate::oci::sched::IO_PRIORITY_ANNOTATION) && !is_gated("io.kubernetes.cri.sandbox-id"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

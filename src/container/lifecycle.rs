@@ -8,10 +8,11 @@ use k8s_cri::v1::{ContainerConfig, LinuxContainerResources, NamespaceMode};
 
 use super::process::{self, Proc};
 use super::rootfs::Rootfs;
+use super::select::handler_name;
 use super::*;
 use crate::cgroup::{CgroupDriver, Resources};
 use crate::config::{HandlerKind, MonitorCgroup, RuntimeHandler};
-use crate::monitor::config::{ExitRecord, MonitorConfig, RuntimeKind};
+use crate::monitor::config::{ExitRecord, MonitorConfig};
 use crate::sandbox::SandboxState;
 
 /// After SIGKILL, how long the exit may take to be recorded before StopContainer gives up.
@@ -46,6 +47,11 @@ impl Containers {
         }
         self.check_features(&sandbox.runtime_handler, &config)?;
         let record = self.images.find(&image_name)?.ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
+        let kind = self.handler(&sandbox.runtime_handler)?.kind;
+        if record.wasm.is_some() && kind != HandlerKind::Wasm {
+            let handler = handler_name(&sandbox.runtime_handler).to_string();
+            return Err(ContainerError::WasmImage { image: image_name, handler, kind });
+        }
         let id = ids::new_id();
         let key = name_key(&sandbox.id, &config);
         self.inner
@@ -98,7 +104,7 @@ impl Containers {
             sandbox.cgroup.clone().ok_or_else(|| ContainerError::Create("the pod has no cgroup".into()))?;
         let cgroup = self.cgroups.child(&pod_cgroup, id);
         let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
-        let built = self.spec(sandbox, &config, &image_config, &fs, &cgroup, &state_dir)?;
+        let built = self.spec(sandbox, &config, (&image_config, &record), &fs, &cgroup, &state_dir)?;
         let bundle = state_dir.clone();
         let spec_json = serde_json::to_vec_pretty(&built.spec).map_err(|e| ContainerError::Create(e.to_string()))?;
         let spec_path = bundle.join("config.json");
@@ -116,7 +122,7 @@ impl Containers {
             stdin: config.stdin,
             stdin_once: config.stdin_once,
             tty: config.tty,
-            runtime: self.runtime_kind(&sandbox.runtime_handler, &built.spec, &fs.target).await?,
+            runtime: self.runtime_kind(&sandbox.runtime_handler, &record, &built.spec, &fs.target).await?,
         };
         let monitor_json = run_dir.join("monitor.json");
         let cg_resources = resources.as_ref().map(Resources::from_cri).unwrap_or_default();
@@ -198,40 +204,6 @@ impl Containers {
             MonitorCgroup::Under(parent) => self.cgroups.parse_parent(parent)?,
         };
         Ok(Some(self.cgroups.child(&parent, &format!("monitor-{id}"))))
-    }
-
-    /// How the pod's runtime handler creates this container.
-    #[cfg_attr(not(feature = "wasm"), allow(unused_variables))]
-    async fn runtime_kind(
-        &self,
-        handler: &str,
-        spec: &oci_spec::runtime::Spec,
-        rootfs: &std::path::Path,
-    ) -> Result<RuntimeKind, ContainerError> {
-        let name = if handler.is_empty() { "default" } else { handler };
-        let h = self.handler(handler)?;
-        match (h.kind, &h.path) {
-            (HandlerKind::Linux, _) => Ok(RuntimeKind::Linux),
-            (HandlerKind::Oci, Some(path)) => {
-                Ok(RuntimeKind::Oci { path: path.clone(), root: self.config.run.join("runtimes").join(name) })
-            }
-            #[cfg(feature = "wasm")]
-            (HandlerKind::Wasm, _) => {
-                let (spec, rootfs) = (spec.clone(), rootfs.to_path_buf());
-                let module =
-                    tokio::task::spawn_blocking(move || crate::wasm::detect::entrypoint_is_module(&rootfs, &spec))
-                        .await
-                        .map_err(|e| ContainerError::Create(e.to_string()))?;
-                Ok(if module {
-                    RuntimeKind::Wasm { cache: self.config.root.join("wasm-cache") }
-                } else {
-                    RuntimeKind::Linux
-                })
-            }
-            (kind, _) => Err(ContainerError::Create(format!(
-                "runtime handler {name:?} (type {kind:?}) cannot run containers in this build"
-            ))),
-        }
     }
 
     async fn undo(&self, undo: Undo) {

@@ -9,6 +9,7 @@ mod exec;
 mod lifecycle;
 mod process;
 mod rootfs;
+mod select;
 mod spec;
 mod stats;
 
@@ -66,6 +67,8 @@ pub enum ContainerError {
     Monitor { id: String, reason: String },
     #[error("exec in container {id}: {reason}")]
     Exec { id: String, reason: String },
+    #[error("image {image:?} is a Wasm OCI artifact: runtime handler {handler:?} (type {kind:?}) can't run it; use a handler of type \"wasm\"")]
+    WasmImage { image: String, handler: String, kind: crate::config::HandlerKind },
     #[error("container {0} runs a WebAssembly module: there is no process to exec commands beside it")]
     NotExecutable(String),
     #[error("command in container {id} did not finish within {secs}s and was killed")]

@@ -9,6 +9,7 @@ use super::lifecycle::pid_mode;
 use super::rootfs::Rootfs;
 use super::*;
 use crate::cgroup::{CgroupDriver, Version};
+use crate::image::store::ImageRecord;
 use crate::oci::{self, HostInfo, PidNamespace, PodFiles, PodNamespaces, SpecInput};
 use crate::sandbox::namespaces::NsKind;
 use crate::sandbox::SandboxState;
@@ -34,7 +35,7 @@ impl Containers {
         &self,
         sandbox: &SandboxState,
         config: &ContainerConfig,
-        image: &ImageConfiguration,
+        (image, record): (&ImageConfiguration, &ImageRecord),
         fs: &Rootfs,
         cgroup: &CgroupPath,
         state_dir: &Path,
@@ -91,6 +92,8 @@ impl Containers {
             seccomp_default: oci::DEFAULT_SECCOMP_PROFILE,
             host: host(cgroup_v2)?,
             privileged_host_devices: !self.handler(&sandbox.runtime_handler)?.privileged_without_host_devices,
+            image_annotations: &record.annotations,
+            handler: self.handler(&sandbox.runtime_handler)?,
         };
         let built = oci::build(&input)?;
         let user = Identity {

@@ -43,11 +43,15 @@ pub enum RuntimeKind {
         /// The runtime's state directory (`--root`).
         root: PathBuf,
     },
-    /// The built-in executor whose init runs `process.args[0]` as a
-    /// WebAssembly module in place of an execve.
+    /// The built-in executor whose init runs `process.args[0]` (or `module`)
+    /// as a WebAssembly module or component in place of an execve.
     Wasm {
         /// Compiled modules by digest of the module file (host side, root's).
         cache: PathBuf,
+        /// The binary's path in the rootfs when it isn't `process.args[0]`
+        /// (a Wasm OCI artifact's, whatever the command says).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        module: Option<PathBuf>,
     },
 }
 
@@ -97,7 +101,10 @@ mod tests {
         assert_eq!(cfg.runtime, RuntimeKind::Oci { path: "/usr/sbin/runc".into(), root: "/r".into() });
         let wasm = format!(r#"{base},"runtime":{{"type":"wasm","cache":"/c"}}}}"#);
         let wasm: MonitorConfig = serde_json::from_str(&wasm).unwrap();
-        assert_eq!(wasm.runtime, RuntimeKind::Wasm { cache: "/c".into() });
+        assert_eq!(wasm.runtime, RuntimeKind::Wasm { cache: "/c".into(), module: None });
+        let artifact = format!(r#"{base},"runtime":{{"type":"wasm","cache":"/c","module":"/app.wasm"}}}}"#);
+        let artifact: MonitorConfig = serde_json::from_str(&artifact).unwrap();
+        assert_eq!(artifact.runtime, RuntimeKind::Wasm { cache: "/c".into(), module: Some("/app.wasm".into()) });
     }
 
     #[test]

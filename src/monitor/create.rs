@@ -85,8 +85,8 @@ pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> 
 
 #[cfg(feature = "wasm")]
 fn wasm_loader(cfg: &MonitorConfig, spec: &oci_spec::runtime::Spec) -> Result<Option<Box<Loader>>, MonitorError> {
-    let RuntimeKind::Wasm { cache } = &cfg.runtime else { return Ok(None) };
-    let compiled = crate::wasm::run::Compiled::prepare(&cfg.bundle, spec, cache)
+    let RuntimeKind::Wasm { cache, module } = &cfg.runtime else { return Ok(None) };
+    let compiled = crate::wasm::run::Compiled::prepare(&cfg.bundle, spec, cache, module.as_deref())
         .map_err(|e| MonitorError::Create(e.to_string()))?;
     Ok(Some(Box::new(move |args: &[String], env: &[String]| compiled.load(args, env))))
 }

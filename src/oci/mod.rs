@@ -21,12 +21,14 @@ mod runc_test;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::{ContainerConfig, LinuxContainerSecurityContext, PodSandboxConfig};
 use oci_spec::runtime::{Linux, LinuxNamespace, LinuxNamespaceType, Root, Spec};
+
+use crate::config::RuntimeHandler;
 
 pub use host::HostInfo;
 pub use user::Identity;
@@ -86,6 +88,10 @@ pub struct SpecInput<'a> {
     /// Privileged containers get every host device (the handler's
     /// `privileged_without_host_devices` turns this off).
     pub privileged_host_devices: bool,
+    /// The image manifest's annotations; the container's win over them.
+    pub image_annotations: &'a BTreeMap<String, String>,
+    /// The pod's runtime handler: which gated annotations act.
+    pub handler: &'a RuntimeHandler,
 }
 
 /// The spec and the identity its process runs as (for ContainerStatus.user).
@@ -151,7 +157,8 @@ pub fn build(input: &SpecInput) -> Result<Built, SpecError> {
     if let Some(adj) = resources::oom_score_adj(input.config) {
         process.set_oom_score_adj(Some(adj));
     }
-    sched::apply(&input.config.annotations, &mut process)?;
+    let annotations = annotations::build(input);
+    sched::apply(&annotations::honoured(&annotations, input.handler), &mut process)?;
 
     let mut linux = Linux::default();
     linux.set_cgroups_path(Some(PathBuf::from(&input.cgroups_path)));
@@ -176,7 +183,7 @@ pub fn build(input: &SpecInput) -> Result<Built, SpecError> {
     spec.set_process(Some(process));
     spec.set_mounts(Some(mounts));
     spec.set_hostname(input.namespaces.uts.as_ref().map(|_| hostname));
-    spec.set_annotations(Some(annotations::build(input)));
+    spec.set_annotations(Some(annotations));
     spec.set_linux(Some(linux));
     spec.set_hooks(None);
     Ok(Built { spec, identity })

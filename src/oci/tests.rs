@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::{
@@ -11,6 +11,7 @@ use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{Capability, LinuxDeviceType, LinuxNamespaceType, Mount, Spec};
 
 use super::*;
+use crate::config::HandlerKind;
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -22,6 +23,8 @@ pub struct Fixture {
     pub pod_files: PodFiles,
     pub cgroup_v2: bool,
     pub privileged_host_devices: bool,
+    pub image_annotations: BTreeMap<String, String>,
+    pub handler: RuntimeHandler,
 }
 
 pub fn image(config: serde_json::Value) -> ImageConfiguration {
@@ -106,6 +109,8 @@ impl Fixture {
             },
             cgroup_v2: false,
             privileged_host_devices: true,
+            image_annotations: BTreeMap::new(),
+            handler: RuntimeHandler::new(HandlerKind::Linux),
             dir,
         }
     }
@@ -131,6 +136,8 @@ impl Fixture {
             seccomp_default: DEFAULT_SECCOMP_PROFILE,
             host: &self.host,
             privileged_host_devices: self.privileged_host_devices,
+            image_annotations: &self.image_annotations,
+            handler: &self.handler,
         })
     }
 
@@ -723,10 +730,44 @@ fn annotations_and_scheduler() {
     ] {
         assert_eq!(a.get(k).map(String::as_str), Some(v), "{k}");
     }
-    assert!(s.process().as_ref().unwrap().scheduler().is_some());
+    // Gated: passed through, but no scheduler until the handler allows it.
+    assert_eq!(a.get(sched::SCHEDULER_ANNOTATION).map(String::as_str), Some("SCHED_BATCH"));
+    assert!(s.process().as_ref().unwrap().scheduler().is_none());
+    f.handler.allowed_annotations =
+        vec![sched::SCHEDULER_ANNOTATION.to_string(), sched::IO_PRIORITY_ANNOTATION.to_string()];
+    assert!(spec(&f).process().as_ref().unwrap().scheduler().is_some());
     f.config.annotations.insert(sched::IO_PRIORITY_ANNOTATION.to_string(), "BE:9".to_string());
     let err = f.build().unwrap_err();
     assert!(err.is_invalid_argument() && err.to_string().contains(sched::IO_PRIORITY_ANNOTATION));
+}
+
+#[test]
+fn image_annotations_and_oci_runtimes() {
+    let mut f = Fixture::new();
+    f.config.annotations =
+        HashMap::from([("run.oci.handler".to_string(), "krun".to_string()), ("team".to_string(), "db".to_string())]);
+    f.image_annotations = BTreeMap::from([
+        ("module.wasm.image/variant".to_string(), "compat".to_string()),
+        ("team".to_string(), "image".to_string()),
+        ("org.opencontainers.image.title".to_string(), "app".to_string()),
+    ]);
+    let s = spec(&f);
+    let a = s.annotations().as_ref().unwrap();
+    assert_eq!(a["team"], "db", "the container's win");
+    assert_eq!(a["org.opencontainers.image.title"], "app");
+    assert_eq!(a["module.wasm.image/variant"], "compat");
+    assert_eq!(a["run.oci.handler"], "krun", "built-in executor: passed through, acted on by nobody");
+    // An OCI runtime would act on them itself: only the allowed ones reach it.
+    f.handler = RuntimeHandler {
+        path: Some("/usr/bin/crun".into()),
+        allowed_annotations: vec!["module.wasm.image/variant".to_string()],
+        ..RuntimeHandler::new(HandlerKind::Oci)
+    };
+    let s = spec(&f);
+    let a = s.annotations().as_ref().unwrap();
+    assert_eq!(a.get("module.wasm.image/variant").map(String::as_str), Some("compat"));
+    assert!(!a.contains_key("run.oci.handler"), "{a:?}");
+    assert_eq!(a["team"], "db");
 }
 
 #[test]

@@ -55,7 +55,9 @@ impl From<ContainerError> for Status {
                 Status::failed_precondition(message)
             }
             ContainerError::ExecTimeout { .. } => Status::deadline_exceeded(message),
-            ContainerError::Start { .. } | ContainerError::NotExecutable(_) => Status::failed_precondition(message),
+            ContainerError::Start { .. } | ContainerError::NotExecutable(_) | ContainerError::WasmImage { .. } => {
+                Status::failed_precondition(message)
+            }
             ContainerError::Spec(_)
             | ContainerError::Rootfs(_)
             | ContainerError::Create(_)

@@ -86,6 +86,7 @@ impl RuntimeApi {
                     "options": {
                         "privileged_without_host_devices": h.privileged_without_host_devices,
                         "monitor_cgroup": h.monitor_cgroup,
+                        "allowed_annotations": h.allowed_annotations,
                     },
                 })
             })

@@ -14,16 +14,32 @@ const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const MAX_WAT: u64 = 64 << 20;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The spec's entrypoint is a binary module (`\0asm`) or a `.wat` file that parses.
+/// The spec's entrypoint is a binary module or component (`\0asm`) or a `.wat` file that parses.
 pub fn entrypoint_is_module(root: &Path, spec: &Spec) -> bool {
     entrypoint(root, spec).is_some_and(|p| is_module(&p))
 }
 
-/// The host path of `process.args[0]` as the exec would find it: relative
-/// to the cwd when it has a slash, else through the container's PATH.
+/// `process.args[0]` split as runwasi and crun read it: `path#func` names the
+/// core module's export to call instead of `_start`.
+pub fn split_entry(arg0: &str) -> (&str, Option<&str>) {
+    match arg0.split_once('#') {
+        Some((path, func)) if !func.is_empty() => (path, Some(func)),
+        Some((path, _)) => (path, None),
+        None => (arg0, None),
+    }
+}
+
+/// The export `process.args[0]` names after a `#`, if any.
+pub fn entry_func(spec: &Spec) -> Option<&str> {
+    let arg0 = spec.process().as_ref()?.args().as_ref()?.first()?;
+    split_entry(arg0).1
+}
+
+/// The host path of `process.args[0]` (without `#func`) as the exec would
+/// find it: relative to the cwd when it has a slash, else through the container's PATH.
 pub fn entrypoint(root: &Path, spec: &Spec) -> Option<PathBuf> {
     let process = spec.process().as_ref()?;
-    let name = process.args().as_ref()?.first()?;
+    let (name, _) = split_entry(process.args().as_ref()?.first()?);
     if name.contains('/') {
         return resolve_in_root(root, &process.cwd().join(name)).ok();
     }
@@ -79,5 +95,11 @@ mod tests {
         assert!(!entrypoint_is_module(r, &spec(&["/broken.wat"], &[])));
         assert!(!entrypoint_is_module(r, &spec(&["tool"], &["PATH=/bin"])));
         assert!(!entrypoint_is_module(r, &spec(&["/missing"], &[])));
+        assert!(entrypoint_is_module(r, &spec(&["/app.wasm#main", "x"], &[])));
+        assert_eq!(entry_func(&spec(&["/app.wasm#main"], &[])), Some("main"));
+        assert_eq!(entry_func(&spec(&["/app.wasm#"], &[])), None);
+        assert_eq!(entry_func(&spec(&["/app.wasm"], &[])), None);
+        std::fs::write(r.join("cli.wat"), "(component)").unwrap();
+        assert!(entrypoint_is_module(r, &spec(&["/cli.wat"], &[])));
     }
 }

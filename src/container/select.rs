@@ -1,0 +1,162 @@
+//! Which runtime creates a container: the pod's handler, whether the image
+//! is a Wasm OCI artifact, the crun wasm annotations the handler allows, and
+//! the entrypoint itself.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::config::{HandlerKind, RuntimeHandler};
+use crate::image::store::ImageRecord;
+use crate::monitor::config::RuntimeKind;
+
+pub const RUN_OCI_HANDLER: &str = "run.oci.handler";
+pub const WASM_VARIANT: &str = "module.wasm.image/variant";
+
+/// What the annotations say about running the entrypoint as WebAssembly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmChoice {
+    Always,
+    /// Only an entrypoint named `*.wasm` or `*.wat` (crun's `-smart` values).
+    BySuffix,
+    Never,
+}
+
+/// crun's rules (src/libcrun/handlers/handler-utils.c): `run.oci.handler`
+/// (`wasm`, `wasm-smart`, anything else is another handler) decides before
+/// `module.wasm.image/variant` (`compat`, `compat-smart`, anything else is
+/// not wasm). `None` when neither is set and allowed: the handler's default applies.
+pub fn annotated(annotations: &HashMap<String, String>, handler: &RuntimeHandler) -> Option<WasmChoice> {
+    let get = |key| annotations.get(key).filter(|_| handler.allows(key)).map(String::as_str);
+    match (get(RUN_OCI_HANDLER), get(WASM_VARIANT)) {
+        (Some("wasm"), _) | (None, Some("compat")) => Some(WasmChoice::Always),
+        (Some("wasm-smart"), _) | (None, Some("compat-smart")) => Some(WasmChoice::BySuffix),
+        (Some(_), _) | (None, Some(_)) => Some(WasmChoice::Never),
+        (None, None) => None,
+    }
+}
+
+/// Whether `process.args[0]` (without a `#func`) is named like a module.
+fn wasm_named(spec: &oci_spec::runtime::Spec) -> bool {
+    let arg0 = spec.process().as_ref().and_then(|p| p.args().as_ref()).and_then(|a| a.first());
+    let path = arg0.map_or("", |a| a.split_once('#').map_or(a.as_str(), |(p, _)| p));
+    path.ends_with(".wasm") || path.ends_with(".wat")
+}
+
+/// A pod's handler name as configured: "" is `default`.
+pub(super) fn handler_name(name: &str) -> &str {
+    if name.is_empty() {
+        "default"
+    } else {
+        name
+    }
+}
+
+impl Containers {
+    /// How the pod's handler creates this container: `spec` is built, its rootfs mounted.
+    pub(super) async fn runtime_kind(
+        &self,
+        handler: &str,
+        record: &ImageRecord,
+        spec: &oci_spec::runtime::Spec,
+        rootfs: &std::path::Path,
+    ) -> Result<RuntimeKind, ContainerError> {
+        let (name, h) = (handler_name(handler), self.handler(handler)?);
+        if h.kind == HandlerKind::Oci {
+            let path = h.path.clone().ok_or_else(|| ContainerError::Create(format!("handler {name:?} has no path")))?;
+            return Ok(RuntimeKind::Oci { path, root: self.config.run.join("runtimes").join(name) });
+        }
+        if record.wasm.is_some() {
+            return self.wasm_kind(Some(crate::image::wasm::MODULE_PATH.into()));
+        }
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let default = if h.kind == HandlerKind::Wasm { None } else { Some(WasmChoice::Never) };
+        let wasm = match annotated(&annotations, h).or(default) {
+            Some(WasmChoice::Always) => true,
+            Some(WasmChoice::BySuffix) => wasm_named(spec),
+            Some(WasmChoice::Never) => false,
+            None => self.entrypoint_is_module(spec, rootfs).await?,
+        };
+        if wasm {
+            self.wasm_kind(None)
+        } else {
+            Ok(RuntimeKind::Linux)
+        }
+    }
+
+    #[cfg(feature = "wasm")]
+    fn wasm_kind(&self, module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
+        Ok(RuntimeKind::Wasm { cache: self.config.root.join("wasm-cache"), module })
+    }
+
+    #[cfg(not(feature = "wasm"))]
+    fn wasm_kind(&self, _module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
+        Err(ContainerError::Create("this cricket binary is built without WebAssembly support".into()))
+    }
+
+    /// A wasm handler's own choice: the entrypoint's content.
+    #[cfg(feature = "wasm")]
+    async fn entrypoint_is_module(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+        rootfs: &std::path::Path,
+    ) -> Result<bool, ContainerError> {
+        let (spec, rootfs) = (spec.clone(), rootfs.to_path_buf());
+        tokio::task::spawn_blocking(move || crate::wasm::detect::entrypoint_is_module(&rootfs, &spec))
+            .await
+            .map_err(|e| ContainerError::Create(e.to_string()))
+    }
+
+    #[cfg(not(feature = "wasm"))]
+    async fn entrypoint_is_module(
+        &self,
+        _spec: &oci_spec::runtime::Spec,
+        _rootfs: &std::path::Path,
+    ) -> Result<bool, ContainerError> {
+        Err(ContainerError::Create("this cricket binary is built without WebAssembly support".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler(allowed: &[&str]) -> RuntimeHandler {
+        let allowed_annotations = allowed.iter().map(|a| a.to_string()).collect();
+        RuntimeHandler { allowed_annotations, ..RuntimeHandler::new(HandlerKind::Wasm) }
+    }
+
+    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn crun_annotation_rules() {
+        let all = handler(&["run.oci.", WASM_VARIANT]);
+        for (pairs, want) in [
+            (&[(RUN_OCI_HANDLER, "wasm")][..], Some(WasmChoice::Always)),
+            (&[(RUN_OCI_HANDLER, "wasm-smart")], Some(WasmChoice::BySuffix)),
+            (&[(RUN_OCI_HANDLER, "krun"), (WASM_VARIANT, "compat")], Some(WasmChoice::Never)),
+            (&[(RUN_OCI_HANDLER, "wasm"), (WASM_VARIANT, "oci")], Some(WasmChoice::Always)),
+            (&[(WASM_VARIANT, "compat")], Some(WasmChoice::Always)),
+            (&[(WASM_VARIANT, "compat-smart")], Some(WasmChoice::BySuffix)),
+            (&[(WASM_VARIANT, "oci")], Some(WasmChoice::Never)),
+            (&[("team", "db")], None),
+        ] {
+            assert_eq!(annotated(&ann(pairs), &all), want, "{pairs:?}");
+        }
+        let wasm = ann(&[(RUN_OCI_HANDLER, "wasm"), (WASM_VARIANT, "compat-smart")]);
+        assert_eq!(annotated(&wasm, &handler(&[])), None, "nothing allowed: no annotation acts");
+        assert_eq!(annotated(&wasm, &handler(&[WASM_VARIANT])), Some(WasmChoice::BySuffix));
+        assert_eq!(annotated(&wasm, &handler(&["run.oci.handler"])), Some(WasmChoice::Always));
+    }
+
+    #[test]
+    fn smart_values_go_by_name() {
+        let spec = |arg0: &str| {
+            let process = oci_spec::runtime::ProcessBuilder::default().args(vec![arg0.to_string()]).build().unwrap();
+            oci_spec::runtime::SpecBuilder::default().process(process).build().unwrap()
+        };
+        assert!(wasm_named(&spec("/app.wasm")) && wasm_named(&spec("x.wat")) && wasm_named(&spec("/a.wasm#run")));
+        assert!(!wasm_named(&spec("/bin/sh")) && !wasm_named(&spec("/app.wasm.sh")));
+    }
+}
