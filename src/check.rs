@@ -346,9 +346,10 @@ fn handler_check(name: &str, handler: &RuntimeHandler) -> Check {
             Ok(()) => Check::ok(check, format!("oci runtime {}", path.display())),
             Err(why) => Check::fail(check, format!("oci runtime {} {why}", path.display())),
         },
-        (HandlerKind::Wasm, _) if cfg!(feature = "wasm") => {
-            Check::ok(check, "wasm (built in: WASI preview1 modules, preview 2 components; other entrypoints run as linux)")
-        }
+        (HandlerKind::Wasm, _) if cfg!(feature = "wasm") => Check::ok(
+            check,
+            "wasm (built in: WASI preview1 modules, preview 2 components; other entrypoints run as linux)",
+        ),
         (HandlerKind::Wasm, _) => Check::fail(
             check,
             format!(

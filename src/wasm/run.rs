@@ -1,6 +1,6 @@
 //! Running a WASI module or component as a container's workload. The
-//! monitor compiles it (`Compiled::prepare`); the built-in executor calls
-//! `load` inside the container's init, after every setting (namespaces,
+//! monitor compiles it and resolves its imports (`Compiled::prepare`); the
+//! built-in executor calls `load` inside the container's init, after every setting (namespaces,
 //! pivot_root, user, capabilities, seccomp) and in the container's cwd: the
 //! program sees the container's "/" preopened as "/", its args and
 //! environment and the init's stdio; its exit code is the init's. Core
@@ -17,9 +17,9 @@ use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Spec;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Config, Engine, Linker, Module, Store, Trap};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::bindings::sync::Command;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::detect;
@@ -44,6 +44,8 @@ pub enum LoadError {
     Invalid { path: String, reason: String },
     #[error("component {path}: it runs wasi:cli/run, so `#{func}` can't name a function to call")]
     ComponentFunc { path: String, func: String },
+    #[error("{0}")]
+    Unlinked(String),
     #[error("preopening the container's / for WASI: {0}")]
     Preopen(String),
     #[error("starting the wasm engine: {0}")]
@@ -55,11 +57,19 @@ enum Code {
     Component(Component),
 }
 
-/// A module or component compiled on the host side (by the monitor, before
-/// it forks the init, which inherits it), through the cache of compiled code.
+/// A program linked against WASI, ready to instantiate.
+enum Pre {
+    Module(InstancePre<WasiP1Ctx>),
+    Component(CommandPre<Host>),
+}
+
+/// A module or component compiled and linked on the host side (by the
+/// monitor, before it forks the init, which inherits it), through the cache
+/// of compiled code: the init only instantiates it.
 pub struct Compiled {
     engine: Engine,
-    code: Code,
+    /// A program that doesn't link fails its start, like a failed exec, with this message.
+    pre: Result<Pre, String>,
     /// The core module's export to call.
     func: String,
 }
@@ -67,7 +77,7 @@ pub struct Compiled {
 impl Compiled {
     /// Compiles `module` (a path in the rootfs), or else the spec's
     /// entrypoint, found in the bundle's rootfs, or takes it from `cache`
-    /// (by the digest of the file). Cache trouble only warns.
+    /// (by the digest of the file), and links it against WASI. Cache trouble only warns.
     pub fn prepare(bundle: &Path, spec: &Spec, cache: &Path, module: Option<&Path>) -> Result<Compiled, LoadError> {
         let rel = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
         let root = bundle.join(&rel);
@@ -78,6 +88,11 @@ impl Compiled {
             None => detect::entrypoint(&root, spec),
         };
         let file = file.ok_or(LoadError::NoModule)?;
+        // Named as the container sees it in messages.
+        let name = match module {
+            Some(m) => m.display().to_string(),
+            None => spec.process().as_ref().and_then(|p| p.args().as_ref()?.first().cloned()).unwrap_or_default(),
+        };
         let path = file.display().to_string();
         let bytes = std::fs::read(&file).map_err(|source| LoadError::Read { path: path.clone(), source })?;
         let func = detect::entry_func(spec).map(str::to_string);
@@ -105,7 +120,7 @@ impl Compiled {
                 BinaryKind::Component => unsafe { Component::deserialize(&engine, &data) }.map(Code::Component),
             };
             if let Ok(code) = code {
-                return Compiled::new(engine, code, func, path);
+                return Compiled::new(engine, code, func, name);
             }
         }
         let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
@@ -129,14 +144,29 @@ impl Compiled {
         if let Err(e) = stored {
             eprintln!("cricket: warning: caching the compiled {path}: {e}");
         }
-        Compiled::new(engine, code, func, path)
+        Compiled::new(engine, code, func, name)
     }
 
-    fn new(engine: Engine, code: Code, func: Option<String>, path: String) -> Result<Compiled, LoadError> {
-        match (&code, func) {
-            (Code::Component(_), Some(func)) => Err(LoadError::ComponentFunc { path, func }),
-            (_, func) => Ok(Compiled { engine, code, func: func.unwrap_or_else(|| "_start".to_string()) }),
-        }
+    fn new(engine: Engine, code: Code, func: Option<String>, name: String) -> Result<Compiled, LoadError> {
+        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        let unlinked =
+            |e: wasmtime::Error| LoadError::Invalid { path: name.clone(), reason: format!("{e:#}") }.to_string();
+        let pre = match (code, func.as_deref()) {
+            (Code::Component(_), Some(func)) => {
+                return Err(LoadError::ComponentFunc { path: name, func: func.to_string() })
+            }
+            (Code::Module(module), _) => {
+                let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(engine_err)?;
+                linker.instantiate_pre(&module).map(Pre::Module).map_err(unlinked)
+            }
+            (Code::Component(component), None) => {
+                let mut linker = wasmtime::component::Linker::<Host>::new(&engine);
+                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+                linker.instantiate_pre(&component).and_then(CommandPre::new).map(Pre::Component).map_err(unlinked)
+            }
+        };
+        Ok(Compiled { engine, pre, func: func.unwrap_or_else(|| "_start".to_string()) })
     }
 
     /// A `runtime::linux::Loader`: instantiates the program for `args` and
@@ -151,24 +181,19 @@ impl Compiled {
     fn instantiate(&self, args: &[String], env: &[String]) -> Result<Run, LoadError> {
         let path = args.first().ok_or(LoadError::NoModule)?.clone();
         let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
-        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
-        match &self.code {
-            Code::Module(module) => {
-                let mut linker: Linker<WasiP1Ctx> = Linker::new(&self.engine);
-                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(engine_err)?;
+        match self.pre.as_ref().map_err(|message| LoadError::Unlinked(message.clone()))? {
+            Pre::Module(pre) => {
                 let mut store = Store::new(&self.engine, wasi_ctx(args, env, false)?.build_p1());
                 interruptible(&mut store);
-                let instance = linker.instantiate(&mut store, module).map_err(invalid)?;
+                let instance = pre.instantiate(&mut store).map_err(invalid)?;
                 let func = instance.get_typed_func::<(), ()>(&mut store, &self.func).map_err(invalid)?;
                 Ok(Box::new(move || func.call(&mut store, ()).map(|()| 0)))
             }
-            Code::Component(component) => {
-                let mut linker = wasmtime::component::Linker::<Host>::new(&self.engine);
-                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+            Pre::Component(pre) => {
                 let host = Host { ctx: wasi_ctx(args, env, true)?.build(), table: ResourceTable::new() };
                 let mut store = Store::new(&self.engine, host);
                 interruptible(&mut store);
-                let command = Command::instantiate(&mut store, component, &linker).map_err(invalid)?;
+                let command = pre.instantiate(&mut store).map_err(invalid)?;
                 Ok(Box::new(move || {
                     let ok = command.wasi_cli_run().call_run(&mut store)?;
                     Ok(if ok.is_ok() { 0 } else { 1 })
