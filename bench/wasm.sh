@@ -206,6 +206,12 @@ summary() {
 	done
 	awk -v w="${med[warm]}" -v l="${med[linux]}" -v c="${med[cold]}" 'BEGIN {
 		printf "daemon side, medians: warm wasm / linux %.2f, cold wasm / linux %.2f\n", w / l, c / l }'
+	# The runs of a round follow each other: their differences shed most of the load's drift.
+	for kind in warm cold; do
+		read -r a b <<<"$(med_p90 "$(paste -d' ' <(tr ' ' '\n' <<<"${D_RUN[$kind]}" | sed '/^$/d') \
+			<(tr ' ' '\n' <<<"${D_RUN[linux]}" | sed '/^$/d') | awk '{ printf "%.3f ", ($1 - $2) / 1000 }')")"
+		printf 'daemon side, %s wasm minus linux of the same round: median %+.2f ms, p90 %+.2f ms\n' "$kind" "$a" "$b"
+	done
 }
 
 # --- main -----------------------------------------------------------------------------------
