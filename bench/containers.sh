@@ -101,20 +101,6 @@ build_pause() {
 
 # --- configs ------------------------------------------------------------------------
 
-# pod_config RUNTIME NAME: writes a host-network pod config, prints its path
-pod_config() {
-	local f=$W/configs/$2.json
-	mkdir -p "$W/logs/$2"
-	cat >"$f" <<EOF
-{
-  "metadata": { "name": "$2", "namespace": "bench-containers", "uid": "$(basename "$W")-$2", "attempt": 0 },
-  "log_directory": "$W/logs/$2",
-  "linux": { "security_context": { "namespace_options": { "network": 2 } } }
-}
-EOF
-	echo "$f"
-}
-
 # ctr_config NAME: writes a busybox `sleep 3600` container config, prints its path
 ctr_config() {
 	local f=$W/configs/ctr-$1.json
@@ -247,7 +233,7 @@ warm_up() {
 more_pods() {
 	local rt=$1 i cfg pod
 	for ((i = 1; i <= PODS; i++)); do
-		cfg=$(pod_config "$rt" "pod-${SHORT[$rt]}-$i")
+		cfg=$(host_pod_config bench-containers "pod-${SHORT[$rt]}-$i")
 		pod=$(cri "$rt" runp "$cfg")
 		create_start "$rt" "$pod" "$cfg" "m-${SHORT[$rt]}-$i" >/dev/null
 	done
@@ -422,7 +408,7 @@ main() {
 	log "image $IMAGE; sandbox image for containerd: $pause (pre-pulled)"
 
 	for rt in cricket containerd; do
-		PODCFG[$rt]=$(pod_config "$rt" "bench-${SHORT[$rt]}")
+		PODCFG[$rt]=$(host_pod_config bench-containers "bench-${SHORT[$rt]}")
 		POD[$rt]=$(cri "$rt" runp "${PODCFG[$rt]}")
 	done
 

@@ -70,6 +70,22 @@ cricket_binary() {
 
 # --- helpers -----------------------------------------------------------------
 
+# host_pod_config NAMESPACE NAME: writes a host-network pod config (logs in
+# $W/logs/NAME), prints its path
+host_pod_config() {
+	local f=$W/configs/$2.json
+	mkdir -p "$W/logs/$2" "$W/configs"
+	cat >"$f" <<EOF
+{
+  "metadata": { "name": "$2", "namespace": "$1", "uid": "$(basename "$W")-$2", "attempt": 0 },
+  "log_directory": "$W/logs/$2",
+  "linux": { "security_context": { "namespace_options": { "network": 2 } } }
+}
+EOF
+	echo "$f"
+}
+
+
 # wait_until SECONDS CMD...: poll CMD every 50 ms until it succeeds
 wait_until() {
 	local deadline=$((SECONDS + $1))

@@ -74,20 +74,6 @@ build_images() {
 
 # --- configs ------------------------------------------------------------------------
 
-# pod_config NAME: writes a host-network pod config, prints its path
-pod_config() {
-	local f=$W/configs/$1.json
-	mkdir -p "$W/logs/$1"
-	cat >"$f" <<EOF2
-{
-  "metadata": { "name": "$1", "namespace": "bench-wasm", "uid": "$(basename "$W")-$1", "attempt": 0 },
-  "log_directory": "$W/logs/$1",
-  "linux": { "security_context": { "namespace_options": { "network": 2 } } }
-}
-EOF2
-	echo "$f"
-}
-
 # ctr_config NAME IMAGE: the container config of a run, prints its path
 ctr_config() {
 	local f=$W/configs/ctr-$1.json
@@ -243,11 +229,11 @@ main() {
 	for v in "${IMG[linux]}" "${IMG[cold]}"; do cri cricket pull "$v" >/dev/null; done
 	log "$("$bin" version 2>/dev/null | head -n1), $(crictl --version)"
 
-	PODCFG[linux]=$(pod_config linux)
+	PODCFG[linux]=$(host_pod_config bench-wasm linux)
 	POD[linux]=$(cri cricket runp "${PODCFG[linux]}")
-	PODCFG[cold]=$(pod_config cold)
+	PODCFG[cold]=$(host_pod_config bench-wasm cold)
 	POD[cold]=$(cri cricket runp --runtime wasm "${PODCFG[cold]}")
-	PODCFG[warm]=$(pod_config warm)
+	PODCFG[warm]=$(host_pod_config bench-wasm warm)
 	POD[warm]=$(cri cricket runp --runtime wasm "${PODCFG[warm]}")
 
 	log "warm-up: $WARMUP run(s) per kind"
