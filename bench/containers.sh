@@ -118,16 +118,6 @@ EOF
 
 # --- timed steps ----------------------------------------------------------------------
 
-# Sum of cricket's gRPC handling time (seconds) of the given methods so far
-cricket_rpc_secs() {
-	curl -fsS "http://$METRICS/metrics" | awk -v list=" $* " '
-		/^cricket_grpc_request_duration_seconds_sum\{/ {
-			match($0, /method="[^"]*"/); m = substr($0, RSTART + 8, RLENGTH - 9)
-			if (index(list, " " m " ")) s += $NF
-		}
-		END { printf "%.6f", s }'
-}
-
 # daemon_mark RUNTIME METHOD...: cricket's handling time so far (nothing for containerd: its log has it)
 daemon_mark() {
 	[ "$1" = cricket ] || return 0

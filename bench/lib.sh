@@ -70,6 +70,17 @@ cricket_binary() {
 
 # --- helpers -----------------------------------------------------------------
 
+# cricket_rpc_secs METHOD...: the sum of cricket's gRPC handling time (seconds) of
+# these methods so far, from its metrics endpoint at $METRICS
+cricket_rpc_secs() {
+	curl -fsS "http://$METRICS/metrics" | awk -v list=" $* " '
+		/^cricket_grpc_request_duration_seconds_sum\{/ {
+			match($0, /method="[^"]*"/); m = substr($0, RSTART + 8, RLENGTH - 9)
+			if (index(list, " " m " ")) s += $NF
+		}
+		END { printf "%.6f", s }'
+}
+
 # host_pod_config NAMESPACE NAME: writes a host-network pod config (logs in
 # $W/logs/NAME), prints its path
 host_pod_config() {

@@ -92,16 +92,6 @@ EOF2
 
 # --- runs ---------------------------------------------------------------------------
 
-# Sum of cricket's gRPC handling time (seconds) of the given methods so far
-cricket_rpc_secs() {
-	curl -fsS "http://$METRICS/metrics" | awk -v list=" $* " '
-		/^cricket_grpc_request_duration_seconds_sum\{/ {
-			match($0, /method="[^"]*"/); m = substr($0, RSTART + 8, RLENGTH - 9)
-			if (index(list, " " m " ")) s += $NF
-		}
-		END { printf "%.6f", s }'
-}
-
 # wait_exited ID: the exit code once the container has exited
 wait_exited() {
 	local deadline=$((SECONDS + 30)) out
