@@ -119,17 +119,11 @@ impl Fixture {
         pod_config: &cri::PodSandboxConfig,
         config: cri::ContainerConfig,
     ) -> Result<String, tonic::Status> {
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: pod.to_string(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        };
-        self.d.runtime().await.create_container(req).await.map(|r| r.into_inner().container_id)
+        self.d.create_container(pod, pod_config, config).await
     }
 
     async fn start(&self, id: &str) -> Result<(), tonic::Status> {
-        let req = cri::StartContainerRequest { container_id: id.to_string() };
-        self.d.runtime().await.start_container(req).await.map(|_| ())
+        self.d.start_container(id).await
     }
 
     async fn run(&self, pod: &str, pod_config: &cri::PodSandboxConfig, name: &str, script: &str) -> String {

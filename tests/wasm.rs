@@ -245,17 +245,11 @@ impl Fixture {
         pc: &cri::PodSandboxConfig,
         config: cri::ContainerConfig,
     ) -> Result<String, tonic::Status> {
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: pod.to_string(),
-            config: Some(config),
-            sandbox_config: Some(pc.clone()),
-        };
-        Ok(self.d.runtime().await.create_container(req).await?.into_inner().container_id)
+        self.d.create_container(pod, pc, config).await
     }
 
     async fn start(&self, id: &str) -> Result<(), tonic::Status> {
-        let req = cri::StartContainerRequest { container_id: id.to_string() };
-        self.d.runtime().await.start_container(req).await.map(|_| ())
+        self.d.start_container(id).await
     }
 
     async fn run(&self, pod: &str, pc: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {

@@ -803,6 +803,25 @@ impl Daemon {
         self.runtime().await.remove_pod_sandbox(req).await.map(|_| ())
     }
 
+    pub async fn create_container(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        self.runtime().await.create_container(req).await.map(|r| r.into_inner().container_id)
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::StartContainerRequest { container_id: id.to_string() };
+        self.runtime().await.start_container(req).await.map(|_| ())
+    }
+
     /// ListPodSandbox; IDs in the order cricket answers.
     pub async fn list_pods(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
         let req = cri::ListPodSandboxRequest { filter };
