@@ -276,6 +276,11 @@ async fn run_pod_sandbox_applies_its_config() {
         let dir = h.join("cricket").join(format!("pod-{id}"));
         assert!(dir.is_dir(), "{} missing", dir.display());
     }
+    // The init sits in the pod's pod-init cgroup in every hierarchy.
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", init.pid)).unwrap();
+    for line in cgroups.lines().filter(|l| !l.starts_with("0::")) {
+        assert!(line.ends_with(&format!("/cricket/pod-{id}/pod-init")), "{line} in\n{cgroups}");
+    }
 
     // The hostPort: portmap's DNAT, and a real connection through it to a listener in the pod.
     let rules = net.iptables_rules();

@@ -355,24 +355,45 @@ impl Sandboxes {
         }
         let want_init = mode(ns_opts.pid) == NamespaceMode::Pod;
         let ns_dir = run.join("ns");
-        let args = PinArgs {
+        let mut args = PinArgs {
             dir: ns_dir.clone(),
             kinds: kinds.clone(),
             hostname: Some(hostname.clone()),
             sysctls,
             pod_init: want_init,
+            cgroups: Vec::new(),
         };
         // A pod cgroup that exists already is kubelet's, which sized it (overhead
         // included) and keeps it up to date: it is only used, never rewritten.
         let resources = if self.cgroups.exists(&pod_cgroup) { Resources::default() } else { pod_resources(&linux) };
-        // Neither step needs the other: run them together.
-        let (created, pinned) = tokio::join!(self.cgroups.create(&pod_cgroup, &resources), async {
-            if kinds.is_empty() && !want_init {
-                Ok(None)
-            } else {
-                namespaces::pin(&args).await
-            }
-        });
+        // The init's own cgroup: cgroup v2 allows no processes in a cgroup with children.
+        let init_cgroup = self.cgroups.child(&pod_cgroup, "pod-init");
+        // With cgroupfs the init is born in its cgroup (the helper moves itself,
+        // cheaply); a systemd scope is made around the running init instead.
+        let born_in_cgroup = want_init && self.cgroups.driver() == CgroupDriver::Cgroupfs;
+        let (created, pinned) = if born_in_cgroup {
+            let created = self.cgroups.create(&pod_cgroup, &resources).await;
+            let pinned = match &created {
+                Ok(_) => match self.cgroups.create(&init_cgroup, &Resources::default()).await {
+                    Ok(_) => {
+                        args.cgroups = self.cgroups.fs_paths(&init_cgroup);
+                        namespaces::pin(&args).await
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(_) => Ok(None),
+            };
+            (created, pinned)
+        } else {
+            // Neither step needs the other: run them together.
+            tokio::join!(self.cgroups.create(&pod_cgroup, &resources), async {
+                if kinds.is_empty() && !want_init {
+                    Ok(None)
+                } else {
+                    namespaces::pin(&args).await
+                }
+            })
+        };
         // Record whatever exists, even on failure, so teardown undoes it.
         for k in &kinds {
             let file = ns_dir.join(k.name());
@@ -392,10 +413,9 @@ impl Sandboxes {
             st.shm = Some(shm);
         }
 
-        // The init's own cgroup: cgroup v2 allows no processes in a cgroup with children.
-        let init_cgroup = self.cgroups.child(&pod_cgroup, "pod-init");
         let place_init = async {
             match &st.init {
+                Some(_) if born_in_cgroup => Ok(()),
                 Some(init) => {
                     self.cgroups.create_with_pid(&init_cgroup, &Resources::default(), init.pid).await.map(drop)
                 }

@@ -70,6 +70,9 @@ pub struct PinArgs {
     /// Also create a PID namespace with an init; its host PID is printed.
     #[arg(long)]
     pub pod_init: bool,
+    /// Cgroup directories the init is born in (one per v1 hierarchy).
+    #[arg(long = "cgroup")]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// Runs in the helper process: create, configure, pin.
@@ -96,6 +99,8 @@ pub fn pin_main(args: &PinArgs) -> Result<(), String> {
             .map_err(|e| format!("pinning {source} at {}: {e}", target.display()))?;
     }
     if args.pod_init {
+        // Moving ourselves is cheap (see runtime::linux::cgroups::join); the init inherits it.
+        crate::runtime::linux::cgroups::join(&args.cgroups).map_err(|e| e.to_string())?;
         start_init()?;
     }
     Ok(())
@@ -148,6 +153,9 @@ pub async fn pin(args: &PinArgs) -> Result<Option<i32>, String> {
     }
     if args.pod_init {
         cmd.arg("--pod-init");
+    }
+    for dir in &args.cgroups {
+        cmd.arg("--cgroup").arg(dir);
     }
     let out = run_helper(cmd, "pin-namespaces").await?;
     if !args.pod_init {

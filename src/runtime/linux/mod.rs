@@ -20,7 +20,7 @@
 //! built on the same pieces.
 
 mod capabilities;
-mod cgroups;
+pub mod cgroups;
 pub mod devices;
 pub mod exec_cmd;
 mod init;
