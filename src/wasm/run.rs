@@ -8,7 +8,6 @@
 //! `path#func`); components get WASI preview 2 and run `wasi:cli/run`, as in
 //! the `wasi:cli/command` world.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -64,31 +63,21 @@ enum Pre {
     Component(CommandPre<Host>),
 }
 
-/// A program's code, got on the host side by the monitor before it forks the
-/// init (which inherits it): compiled and linked, or on a cache hit the
-/// cached bytes, which the init deserializes and links itself, after it has
-/// reported ready and while the start request travels.
+/// A module or component compiled and linked on the host side (by the
+/// monitor, before it forks the init, which inherits it), through the cache
+/// of compiled code: the init only instantiates it.
 pub struct Compiled {
     engine: Engine,
-    code: Prepared,
-    /// The core module's export to call.
-    func: Option<String>,
-    /// The program as the container names it, for messages.
-    name: String,
-}
-
-enum Prepared {
     /// A program that doesn't link fails its start, like a failed exec, with this message.
-    Linked(Result<Pre, String>),
-    /// Compiled code from the cache, for an engine of these very settings.
-    Cached(BinaryKind, Vec<u8>),
+    pre: Result<Pre, String>,
+    /// The core module's export to call.
+    func: String,
 }
 
 impl Compiled {
     /// Compiles `module` (a path in the rootfs), or else the spec's
-    /// entrypoint, found in the bundle's rootfs, and links it against WASI;
-    /// or reads its compiled code from `cache` (by the digest of the file),
-    /// left for `load` to deserialize and link. Cache trouble only warns.
+    /// entrypoint, found in the bundle's rootfs, or takes it from `cache`
+    /// (by the digest of the file), and links it against WASI. Cache trouble only warns.
     pub fn prepare(bundle: &Path, spec: &Spec, cache: &Path, module: Option<&Path>) -> Result<Compiled, LoadError> {
         let rel = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
         let root = bundle.join(&rel);
@@ -111,14 +100,9 @@ impl Compiled {
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        // Keyed by the engine's version and settings too: code another cricket
-        // compiled is never found, so a hit always deserializes.
-        let mut compat = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut compat);
-        let compat = compat.finish();
         let cached = |kind| match kind {
-            BinaryKind::Module => cache.join(format!("{digest}-{compat:016x}.cwasm")),
-            BinaryKind::Component => cache.join(format!("{digest}-{compat:016x}.component.cwasm")),
+            BinaryKind::Module => cache.join(format!("{digest}.cwasm")),
+            BinaryKind::Component => cache.join(format!("{digest}.component.cwasm")),
         };
         // A binary says what it is; text may be either until parsed, which a cache hit saves.
         let kinds = match binary_kind(&bytes) {
@@ -129,10 +113,15 @@ impl Compiled {
             // Read, not mapped (deserialize_file): wasmtime would keep using the file's
             // descriptor for memory images, and the init closes every inherited one.
             let Ok(data) = std::fs::read(cached(kind)) else { continue };
-            if let (BinaryKind::Component, Some(func)) = (kind, &func) {
-                return Err(LoadError::ComponentFunc { path: name, func: func.clone() });
+            // SAFETY: the cache is written only by cricket, under its root dir, and
+            // keyed by content; wasmtime checks the engine's version and settings.
+            let code = match kind {
+                BinaryKind::Module => unsafe { Module::deserialize(&engine, &data) }.map(Code::Module),
+                BinaryKind::Component => unsafe { Component::deserialize(&engine, &data) }.map(Code::Component),
+            };
+            if let Ok(code) = code {
+                return Compiled::new(engine, code, func, name);
             }
-            return Ok(Compiled { engine, code: Prepared::Cached(kind, data), func, name });
         }
         let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
         let binary = match binary_kind(&bytes) {
@@ -159,11 +148,25 @@ impl Compiled {
     }
 
     fn new(engine: Engine, code: Code, func: Option<String>, name: String) -> Result<Compiled, LoadError> {
-        if let (Code::Component(_), Some(func)) = (&code, &func) {
-            return Err(LoadError::ComponentFunc { path: name, func: func.clone() });
-        }
-        let linked = link(&engine, code, &name)?;
-        Ok(Compiled { engine, code: Prepared::Linked(linked), func, name })
+        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        let unlinked =
+            |e: wasmtime::Error| LoadError::Invalid { path: name.clone(), reason: format!("{e:#}") }.to_string();
+        let pre = match (code, func.as_deref()) {
+            (Code::Component(_), Some(func)) => {
+                return Err(LoadError::ComponentFunc { path: name, func: func.to_string() })
+            }
+            (Code::Module(module), _) => {
+                let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(engine_err)?;
+                linker.instantiate_pre(&module).map(Pre::Module).map_err(unlinked)
+            }
+            (Code::Component(component), None) => {
+                let mut linker = wasmtime::component::Linker::<Host>::new(&engine);
+                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+                linker.instantiate_pre(&component).and_then(CommandPre::new).map(Pre::Component).map_err(unlinked)
+            }
+        };
+        Ok(Compiled { engine, pre, func: func.unwrap_or_else(|| "_start".to_string()) })
     }
 
     /// A `runtime::linux::Loader`: instantiates the program for `args` and
@@ -178,27 +181,12 @@ impl Compiled {
     fn instantiate(&self, args: &[String], env: &[String]) -> Result<Run, LoadError> {
         let path = args.first().ok_or(LoadError::NoModule)?.clone();
         let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
-        let deserialized;
-        let pre = match &self.code {
-            Prepared::Linked(linked) => linked,
-            Prepared::Cached(kind, data) => {
-                // SAFETY: the cache is written only by cricket, under its root dir, keyed by
-                // content and by this engine's compatibility hash; wasmtime checks it again.
-                let code = match kind {
-                    BinaryKind::Module => unsafe { Module::deserialize(&self.engine, data) }.map(Code::Module),
-                    BinaryKind::Component => unsafe { Component::deserialize(&self.engine, data) }.map(Code::Component),
-                };
-                deserialized = link(&self.engine, code.map_err(&invalid)?, &self.name)?;
-                &deserialized
-            }
-        };
-        let entry = self.func.as_deref().unwrap_or("_start");
-        match pre.as_ref().map_err(|message| LoadError::Unlinked(message.clone()))? {
+        match self.pre.as_ref().map_err(|message| LoadError::Unlinked(message.clone()))? {
             Pre::Module(pre) => {
                 let mut store = Store::new(&self.engine, wasi_ctx(args, env, false)?.build_p1());
                 interruptible(&mut store);
                 let instance = pre.instantiate(&mut store).map_err(invalid)?;
-                let func = instance.get_typed_func::<(), ()>(&mut store, entry).map_err(invalid)?;
+                let func = instance.get_typed_func::<(), ()>(&mut store, &self.func).map_err(invalid)?;
                 Ok(Box::new(move || func.call(&mut store, ()).map(|()| 0)))
             }
             Pre::Component(pre) => {
@@ -213,25 +201,6 @@ impl Compiled {
             }
         }
     }
-}
-
-/// Links the code against WASI; a link failure is kept for the start to report.
-fn link(engine: &Engine, code: Code, name: &str) -> Result<Result<Pre, String>, LoadError> {
-    let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
-    let unlinked =
-        |e: wasmtime::Error| LoadError::Invalid { path: name.to_string(), reason: format!("{e:#}") }.to_string();
-    Ok(match code {
-        Code::Module(module) => {
-            let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
-            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(engine_err)?;
-            linker.instantiate_pre(&module).map(Pre::Module).map_err(unlinked)
-        }
-        Code::Component(component) => {
-            let mut linker = wasmtime::component::Linker::<Host>::new(engine);
-            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-            linker.instantiate_pre(&component).and_then(CommandPre::new).map(Pre::Component).map_err(unlinked)
-        }
-    })
 }
 
 /// Runs the program's entry to the exit code it returns or passes to exit.
