@@ -180,25 +180,17 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
         channel.send(&Msg::Warning(w)).ctx("sending a warning")?;
     }
     channel.send(&Msg::Ready).ctx("reporting ready")?;
-    // An in-process workload is loaded (instantiated) while the start request
-    // is on its way; a failure is still StartContainer's to report.
-    let loaded = match args.workload {
-        super::Workload::Spec => None,
-        super::Workload::InProcess(load) => {
-            let env = proc_spec.env().clone().unwrap_or_default();
-            Some(load(proc_spec.args().as_deref().unwrap_or_default(), &env))
-        }
-    };
     match channel.recv() {
         Ok(Some(Msg::Start)) => {}
         // The monitor gave up on this container (or died); nothing to report to.
         // SAFETY: as in stage1, _exit without exit handlers.
         _ => unsafe { libc::_exit(1) },
     }
-    match loaded {
-        None => Ok(process::exec(prepared)),
-        Some(loaded) => {
-            let run = match loaded {
+    match args.workload {
+        super::Workload::Spec => Ok(process::exec(prepared)),
+        super::Workload::InProcess(load) => {
+            let env = proc_spec.env().clone().unwrap_or_default();
+            let run = match load(proc_spec.args().as_deref().unwrap_or_default(), &env) {
                 Ok(run) => run,
                 Err(failure) => return Ok(failure),
             };
