@@ -913,3 +913,25 @@ async fn recursive_read_only_mounts(handler: Handler) {
     assert_eq!(seen, expected);
     f.finish(&[&pod]).await;
 }
+
+/// A record torn by a power loss (records are replaced without fsync) and no
+/// run dir (tmpfs, gone with the reboot): the container is cleaned up at
+/// start like an unfinished create, not left behind unlisted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_torn_record_after_a_reboot_is_cleaned_up() {
+    let mut f = Fixture::new(Handler::Linux).await;
+    let (pod, pc) = f.pod("torn").await;
+    let id = f.run(&pod, &pc, "done", "exit 3").await;
+    assert_eq!(f.wait_exit(&id).await.exit_code, 3);
+    let record = f.d.root.join("containers").join(&id).join("state.json");
+    let text = std::fs::read(&record).unwrap();
+    std::fs::write(&record, &text[..text.len() / 2]).unwrap();
+    // What the reboot took: the rootfs mount and the run dir.
+    let run = f.d.run.join("containers").join(&id);
+    nix::mount::umount2(&run.join("rootfs"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_dir_all(&run).unwrap();
+    f.d.restart().await;
+    assert_eq!(f.status(&id).await.unwrap_err().code(), Code::NotFound);
+    assert!(!record.exists(), "the torn container's files are left");
+    f.finish(&[&pod]).await;
+}

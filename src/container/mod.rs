@@ -303,7 +303,15 @@ impl Containers {
                     continue;
                 }
                 Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "unreadable container state; leaving it alone");
+                    // Torn by a power loss (records aren't fsynced): with its run dir gone
+                    // too, nothing of it runs, so it goes like an unfinished create.
+                    let id = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                    if e.kind() == std::io::ErrorKind::InvalidData && !self.run_dir(&id).exists() {
+                        tracing::warn!(file = %path.display(), error = %e, "removing a container whose state is torn");
+                        self.cleanup_unfinished(&dir).await;
+                    } else {
+                        tracing::error!(file = %path.display(), error = %e, "unreadable container state; leaving it alone");
+                    }
                     continue;
                 }
             };

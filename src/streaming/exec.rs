@@ -202,6 +202,8 @@ async fn on_pty(command: &mut tokio::process::Command, io: &mut Io) -> std::io::
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let child =
         command.stdin(std::os::fd::OwnedFd::from(theirs)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    // The Command keeps its stdin open; drop our copy so a helper that fails early reads as EOF.
+    command.stdin(Stdio::null());
     let mut running = Running { child, pumps: Vec::new(), inputs: Vec::new() };
     if let (Some(to), Some(from)) = (io.stdout.clone(), running.child.stderr.take()) {
         running.pumps.push(tokio::spawn(pump(from, to)));
