@@ -469,9 +469,12 @@ fn openpty() -> (std::fs::File, std::fs::File) {
 #[test]
 fn terminal_gets_a_controlling_tty_and_console() {
     let bundle = Bundle::new();
-    let script = "test -t 0 && echo is-a-tty; test -c /dev/console && echo console; echo $$; tty";
+    // Run as a user, who must be able to reopen its terminal by name.
+    let script = "test -t 0 && echo is-a-tty; test -c /dev/console && echo console; echo $$; tty; \
+                  echo reopened > \"$(tty)\"";
     let mut cfg = config(&["sh", "-c", script]);
     cfg["process"]["terminal"] = json!(true);
+    cfg["process"]["user"] = json!({"uid": 1000, "gid": 1000});
     bundle.write(&cfg);
     let (controller, replica) = openpty();
     let status = cricket()
@@ -489,7 +492,7 @@ fn terminal_gets_a_controlling_tty_and_console() {
     let _ = std::io::Read::read_to_end(&mut &controller, &mut buf);
     let text = String::from_utf8_lossy(&buf).replace('\r', "");
     // The pty lives in the container's own devpts, so tty(1) can name it.
-    assert_eq!(text, "is-a-tty\nconsole\n1\n/dev/pts/0\n");
+    assert_eq!(text, "is-a-tty\nconsole\n1\n/dev/pts/0\nreopened\n");
 }
 
 #[test]

@@ -174,8 +174,13 @@ impl Monitor {
                     Source::Listener => self.control.accept(),
                     Source::Conn(fd) => {
                         if let Some(pending) = self.control.read(fd) {
+                            let starting = matches!(pending.request, Request::Start) && !self.started;
                             let reply = self.handle(pending.request);
                             self.control.reply(pending, &reply);
+                            if starting && self.started {
+                                // The start path ran once; shed it after the reply, off StartContainer's time.
+                                crate::resident::shed_startup_pages();
+                            }
                         }
                     }
                     Source::AttachListener => self.attach.accept(),
@@ -289,7 +294,6 @@ impl Monitor {
         match init.start() {
             Ok(()) => {
                 self.started = true;
-                crate::resident::shed_startup_pages();
                 "ok".into()
             }
             Err(e) => {

@@ -131,6 +131,14 @@ pub fn open_pty(root: &Path) -> StepResult<Pty> {
     Ok(Pty { master, replica: unsafe { OwnedFd::from_raw_fd(replica) } })
 }
 
+/// Gives the replica to the process's user, as runc does, so it can reopen
+/// its terminal by name (devpts makes it root's, mode 0620).
+pub fn own_pty(replica: &std::os::fd::OwnedFd, user: &oci_spec::runtime::User) -> StepResult {
+    use std::os::fd::AsRawFd;
+    let (uid, gid) = (nix::unistd::Uid::from_raw(user.uid()), nix::unistd::Gid::from_raw(user.gid()));
+    nix::unistd::fchown(replica.as_raw_fd(), Some(uid), Some(gid)).ctx("giving the terminal to the process's user")
+}
+
 /// Binds the terminal's pty replica at /dev/console.
 pub fn console(root: &Path, pty: &Path) -> StepResult {
     let dest = resolve_in_root(root, Path::new("/dev/console")).ctx("/dev/console")?;

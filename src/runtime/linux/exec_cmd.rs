@@ -88,7 +88,7 @@ fn exec(args: &ExecArgs) -> StepResult<i32> {
     nix::unistd::chroot(".").ctx("chroot")?;
     nix::unistd::chdir("/").ctx("chdir /")?;
     drop((namespaces, root));
-    let pty = if args.console { Some(send_terminal()?) } else { None };
+    let pty = if args.console { Some(send_terminal(proc_spec.user())?) } else { None };
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx("pipe")?;
     // SAFETY: this helper is single-threaded.
     match unsafe { fork() }.ctx("fork")? {
@@ -122,8 +122,9 @@ fn exec(args: &ExecArgs) -> StepResult<i32> {
 
 /// Makes the terminal in the container's devpts (we are chrooted into it),
 /// sends its master over stdin, and returns the replica.
-fn send_terminal() -> StepResult<OwnedFd> {
+fn send_terminal(user: &oci_spec::runtime::User) -> StepResult<OwnedFd> {
     let pty = super::devices::open_pty(std::path::Path::new("/"))?;
+    super::devices::own_pty(&pty.replica, user)?;
     let fds = [pty.master.as_raw_fd()];
     let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
     let data = [std::io::IoSlice::new(b"t")];

@@ -141,6 +141,7 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
         bind_devices: plan.creates(LinuxNamespaceType::User),
     };
     if let Some(pty) = rootfs::prepare(spec, &ctx)? {
+        super::devices::own_pty(&pty.replica, proc_spec.user())?;
         for fd in 0..3 {
             nix::unistd::dup2(pty.replica.as_raw_fd(), fd).ctx("dup2 terminal")?;
         }

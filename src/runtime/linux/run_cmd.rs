@@ -76,24 +76,28 @@ fn run(args: &RunArgs) -> Result<i32, String> {
         return Err(e);
     }
     let code = signals::wait_for(pid);
-    if let Some(output) = output {
-        // Ends when the last holder of the replica is gone and the master reads EIO.
-        let _ = output.join();
+    if let Some(drained) = output {
+        // The master reads EIO once the last holder of the replica is gone; a
+        // background process that kept it must not keep us here.
+        let _ = drained.recv_timeout(std::time::Duration::from_secs(1));
     }
     Ok(code)
 }
 
 /// Copies our stdin to the terminal and the terminal to our stdout, each on
-/// a thread; returns the output one.
-fn relay(master: OwnedFd) -> Result<std::thread::JoinHandle<()>, String> {
+/// a thread; the receiver hears when the output ends.
+fn relay(master: OwnedFd) -> Result<std::sync::mpsc::Receiver<()>, String> {
     let mut input = std::fs::File::from(master.try_clone().map_err(|e| format!("dup terminal: {e}"))?);
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut input);
     });
     let mut output = std::fs::File::from(master);
-    Ok(std::thread::spawn(move || {
+    let (done, drained) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut stdout = std::io::stdout().lock();
         let _ = std::io::copy(&mut output, &mut stdout);
         let _ = std::io::Write::flush(&mut stdout);
-    }))
+        let _ = done.send(());
+    });
+    Ok(drained)
 }
