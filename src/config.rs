@@ -505,12 +505,6 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
 mod tests {
     use super::*;
 
-    fn tmpdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("cricket-cfg-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     fn load(file: &Path, dir: &Path) -> Result<Config, ConfigError> {
         Config::load(&Sources { file, file_required: true, dir })
     }
@@ -524,7 +518,8 @@ mod tests {
 
     #[test]
     fn drop_ins_apply_in_name_order_and_hosts_keep_dots() {
-        let d = tmpdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_path_buf();
         let main = d.join("main.toml");
         std::fs::write(&main, "root = \"/srv/a\"\n").unwrap();
         let dd = d.join("d");
@@ -539,22 +534,22 @@ mod tests {
         let host = cfg.registry_host("docker.io");
         assert_eq!(host.mirrors, vec!["http://127.0.0.1:5000".to_string()]);
         assert!(host.mirrors_only);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn unknown_key_names_key_and_file() {
-        let d = tmpdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_path_buf();
         let main = d.join("main.toml");
         std::fs::write(&main, "[pull]\nmax_concurent_layers = 3\n").unwrap();
         let err = load(&main, &d.join("none")).unwrap_err().to_string();
         assert!(err.contains("main.toml") && err.contains("max_concurent_layers"), "{err}");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn invalid_values_are_rejected_with_file() {
-        let d = tmpdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_path_buf();
         let f = d.join("bad.toml");
         for (text, needle) in [
             ("[cgroup]\ndriver = \"cgroupfs2\"\n", "cgroupfs2"),
@@ -592,12 +587,12 @@ mod tests {
         }
         let missing = load(&d.join("missing.toml"), &d).unwrap_err().to_string();
         assert!(missing.contains("missing.toml"), "{missing}");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn handler_options() {
-        let d = tmpdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_path_buf();
         let f = d.join("h.toml");
         let text = "[runtimes.runc]\ntype = \"oci\"\npath = \"/usr/sbin/runc\"\nprivileged_without_host_devices = true\n\
                     monitor_cgroup = \"pod\"\n[runtimes.kata]\ntype = \"oci\"\npath = \"/k\"\nmonitor_cgroup = \"/system/mon\"\n";
@@ -618,12 +613,12 @@ mod tests {
             load(&f, &d.join("none")).unwrap().runtimes["x"].monitor_cgroup(),
             MonitorCgroup::Under("mon.slice")
         );
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn allowed_annotations_cover_keys_they_prefix() {
-        let d = tmpdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_path_buf();
         let f = d.join("a.toml");
         std::fs::write(
             &f,
@@ -637,19 +632,18 @@ mod tests {
         assert!(!cfg.runtimes["default"].allows("run.oci.handler"), "opt-in: nothing allowed by default");
         assert!(is_gated("run.oci.handler") && is_gated(crate::oci::sched::SCHEDULER_ANNOTATION));
         assert!(is_gated(crate::oci::sched::IO_PRIORITY_ANNOTATION) && !is_gated("io.kubernetes.cri.sandbox-id"));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn metrics_address() {
-        let d = tmpdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_path_buf();
         let f = d.join("m.toml");
         std::fs::write(&f, "[metrics]\naddress = \"\"\n").unwrap();
         assert_eq!(load(&f, &d.join("none")).unwrap().metrics.socket_addr(), None);
         std::fs::write(&f, "[metrics]\naddress = \"[::1]:9100\"\n").unwrap();
         assert_eq!(load(&f, &d.join("none")).unwrap().metrics.socket_addr(), Some("[::1]:9100".parse().unwrap()));
         assert_eq!(Config::default().metrics.socket_addr(), Some("127.0.0.1:9537".parse().unwrap()));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
