@@ -134,12 +134,6 @@ daemon_since() {
 	awk -v a="$after" -v b="$before" 'BEGIN { printf "%d ", (a - b) * 1e6 }'
 }
 
-version_sample() {
-	local t0=$EPOCHREALTIME
-	cri "$1" version >/dev/null
-	T_VER[$1]+="$(us_since "$t0") "
-}
-
 # create_start RUNTIME POD POD_CONFIG NAME: prints the container ID
 create_start() {
 	local id
@@ -194,17 +188,6 @@ timed_stop() { # timed_stop RUNTIME I
 	T_STOP[$rt]+="$(us_since "$t0") "
 	D_STOP[$rt]+=$(daemon_since "$rt" "$mark" StopContainer RemoveContainer)
 	version_sample "$rt"
-}
-
-# in_turn FN I: FN for both runtimes; cricket first for odd I
-in_turn() {
-	if (($2 % 2)); then
-		"$1" cricket "$2"
-		"$1" containerd "$2"
-	else
-		"$1" containerd "$2"
-		"$1" cricket "$2"
-	fi
 }
 
 warm_up() {

@@ -70,6 +70,25 @@ cricket_binary() {
 
 # --- helpers -----------------------------------------------------------------
 
+# version_sample RUNTIME: one timed `crictl version`, appended to T_VER[RUNTIME]
+# (the caller declares T_VER): crictl's own cost next to every timed step
+version_sample() {
+	local t0=$EPOCHREALTIME
+	cri "$1" version >/dev/null
+	T_VER[$1]+="$(us_since "$t0") "
+}
+
+# in_turn FN I: FN for both runtimes; cricket first for odd I
+in_turn() {
+	if (($2 % 2)); then
+		"$1" cricket "$2"
+		"$1" containerd "$2"
+	else
+		"$1" containerd "$2"
+		"$1" cricket "$2"
+	fi
+}
+
 # cricket_rpc_secs METHOD...: the sum of cricket's gRPC handling time (seconds) of
 # these methods so far, from its metrics endpoint at $METRICS
 cricket_rpc_secs() {

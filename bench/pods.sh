@@ -205,12 +205,6 @@ EOF
 declare -A T_RUN T_STOP T_VER
 declare -A POD_ID # "runtime i" -> sandbox ID
 
-version_sample() {
-	local t0=$EPOCHREALTIME
-	cri "$1" version >/dev/null
-	T_VER[$1]+="$(us_since "$t0") "
-}
-
 run_pod() { # run_pod RUNTIME NAME: prints the sandbox ID
 	cri "$1" runp "$(pod_config "$1" "$2")"
 }
@@ -234,17 +228,6 @@ timed_stop() { # timed_stop RUNTIME I
 	cri "$rt" rmp "$id" >/dev/null
 	T_STOP[$rt]+="$(us_since "$t0") "
 	version_sample "$rt"
-}
-
-# in_turn FN I: FN for both runtimes; cricket first for odd I
-in_turn() {
-	if (($2 % 2)); then
-		"$1" cricket "$2"
-		"$1" containerd "$2"
-	else
-		"$1" containerd "$2"
-		"$1" cricket "$2"
-	fi
 }
 
 warm_up() {
