@@ -372,17 +372,21 @@ fn exec_in(bg: &Background, bundle: &Bundle, args: &[&str]) -> Output {
     });
     let file = bundle.path().join(format!("process-{}.json", args.join("-").len()));
     std::fs::write(&file, process.to_string()).unwrap();
-    cricket()
-        .arg("exec")
+    exec_command(bg, bundle, &file).output().unwrap()
+}
+
+/// `cricket exec` of the process file into the background container.
+fn exec_command(bg: &Background, bundle: &Bundle, process: &Path) -> std::process::Command {
+    let mut cmd = cricket();
+    cmd.arg("exec")
         .arg("--pid")
         .arg(bg.init.to_string())
         .arg("--bundle")
         .arg(bundle.path())
         .arg("--process")
-        .arg(&file)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .arg(process)
+        .stdin(Stdio::null());
+    cmd
 }
 
 #[test]
@@ -551,17 +555,7 @@ fn exec_applies_seccomp_and_forwards_signals() {
     let process = json!({"args": ["sleep", "30"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}});
     let file = bundle.path().join("sleep.json");
     std::fs::write(&file, process.to_string()).unwrap();
-    let mut helper = cricket()
-        .arg("exec")
-        .arg("--pid")
-        .arg(bg.init.to_string())
-        .arg("--bundle")
-        .arg(bundle.path())
-        .arg("--process")
-        .arg(&file)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut helper = exec_command(&bg, &bundle, &file).spawn().unwrap();
     // Signal only once the helper's child runs the workload.
     let children = format!("/proc/{0}/task/{0}/children", helper.id());
     let deadline = Instant::now() + Duration::from_secs(20);
