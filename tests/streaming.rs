@@ -159,13 +159,23 @@ impl Outcome {
 struct Client {
     conn: TcpStream,
     compressor: HeaderCompressor,
+    /// The server's header compression runs over the whole connection, as does what was read.
+    decompressor: HeaderDecompressor,
+    buf: Vec<u8>,
     next_id: u32,
     ids: HashMap<&'static str, u32>,
 }
 
 impl Client {
     async fn open(conn: TcpStream, kinds: &[&'static str]) -> Client {
-        let mut c = Client { conn, compressor: HeaderCompressor::default(), next_id: 1, ids: HashMap::new() };
+        let mut c = Client {
+            conn,
+            compressor: HeaderCompressor::default(),
+            decompressor: HeaderDecompressor::default(),
+            buf: Vec::new(),
+            next_id: 1,
+            ids: HashMap::new(),
+        };
         for kind in kinds {
             c.syn(kind, &[]).await;
         }
@@ -199,16 +209,14 @@ impl Client {
     /// Reads frames until the server closes or `done` holds.
     async fn collect_until(mut self, done: impl Fn(&Outcome) -> bool) -> (Outcome, Client) {
         let mut out = Outcome::default();
-        let mut decompressor = HeaderDecompressor::default();
         let by_id: HashMap<u32, &str> = self.ids.iter().map(|(k, v)| (*v, *k)).collect();
-        let mut buf = Vec::new();
         let read_all = async {
             loop {
-                while let Some((frame, used)) = Frame::parse(&buf).unwrap() {
-                    buf.drain(..used);
+                while let Some((frame, used)) = Frame::parse(&self.buf).unwrap() {
+                    self.buf.drain(..used);
                     match frame {
                         Frame::SynReply { header_block, .. } => {
-                            decompressor.decompress(&header_block).unwrap();
+                            self.decompressor.decompress(&header_block).unwrap();
                             out.replies += 1;
                         }
                         Frame::Data { stream_id, data, flags } => {
@@ -233,7 +241,7 @@ impl Client {
                 let mut chunk = [0u8; 4096];
                 match self.conn.read(&mut chunk).await {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 }
             }
         };
