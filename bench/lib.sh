@@ -92,12 +92,17 @@ in_turn() {
 # cricket_rpc_secs METHOD...: the sum of cricket's gRPC handling time (seconds) of
 # these methods so far, from its metrics endpoint at $METRICS
 cricket_rpc_secs() {
-	curl -fsS "http://$METRICS/metrics" | awk -v list=" $* " '
+	cricket_rpc_secs_each "$@" | awk '{ for (i = 1; i <= NF; i++) s += $i } END { printf "%.6f", s }'
+}
+
+# cricket_rpc_secs_each METHOD...: each method's handling time so far (seconds), in the order given
+cricket_rpc_secs_each() {
+	curl -fsS "http://$METRICS/metrics" | awk -v list="$*" '
+		BEGIN { n = split(list, want, " ") }
 		/^cricket_grpc_request_duration_seconds_sum\{/ {
-			match($0, /method="[^"]*"/); m = substr($0, RSTART + 8, RLENGTH - 9)
-			if (index(list, " " m " ")) s += $NF
+			match($0, /method="[^"]*"/); s[substr($0, RSTART + 8, RLENGTH - 9)] += $NF
 		}
-		END { printf "%.6f", s }'
+		END { for (i = 1; i <= n; i++) printf "%.6f%s", s[want[i]], (i < n ? " " : "") }'
 }
 
 # host_pod_config NAMESPACE NAME: writes a host-network pod config (logs in

@@ -54,7 +54,7 @@ RUN_DIR=""       # cricket's run dir: short, see main
 CACHE=""         # cricket's compile cache
 declare -A IMG   # kind -> image
 declare -A POD PODCFG # kind -> pod ID, pod config file
-declare -A T_RUN D_RUN # kind -> samples, microseconds
+declare -A T_RUN D_RUN D_CREATE D_START # kind -> samples, microseconds
 T_VER=""
 
 # --- images -------------------------------------------------------------------------
@@ -105,17 +105,19 @@ wait_exited() {
 
 # run_one KIND NAME TIMED: create + start, wait for the exit, check it, remove
 run_one() {
-	local kind=$1 name=$2 timed=$3 cfg id t0 mark after code
+	local kind=$1 name=$2 timed=$3 cfg id t0 code c0 s0 c1 s1
 	cfg=$(ctr_config "$name" "${IMG[$kind]}")
 	[ "$kind" = cold ] && rm -rf "$CACHE"
-	mark=$(cricket_rpc_secs CreateContainer StartContainer)
+	read -r c0 s0 <<<"$(cricket_rpc_secs_each CreateContainer StartContainer)"
 	t0=$EPOCHREALTIME
 	id=$(cri cricket create --no-pull "${POD[$kind]}" "$cfg" "${PODCFG[$kind]}")
 	cri cricket start "$id" >/dev/null
 	if [ "$timed" = 1 ]; then
 		T_RUN[$kind]+="$(us_since "$t0") "
-		after=$(cricket_rpc_secs CreateContainer StartContainer)
-		D_RUN[$kind]+=$(awk -v a="$after" -v b="$mark" 'BEGIN { printf "%d ", (a - b) * 1e6 }')
+		read -r c1 s1 <<<"$(cricket_rpc_secs_each CreateContainer StartContainer)"
+		D_CREATE[$kind]+=$(awk -v a="$c1" -v b="$c0" 'BEGIN { printf "%d ", (a - b) * 1e6 }')
+		D_START[$kind]+=$(awk -v a="$s1" -v b="$s0" 'BEGIN { printf "%d ", (a - b) * 1e6 }')
+		D_RUN[$kind]+=$(awk -v a="$c1" -v b="$c0" -v c="$s1" -v d="$s0" 'BEGIN { printf "%d ", (a - b + c - d) * 1e6 }')
 		t0=$EPOCHREALTIME
 		cri cricket version >/dev/null
 		T_VER+="$(us_since "$t0") "
@@ -179,6 +181,12 @@ summary() {
 		read -r c d <<<"$(ms_stats "${T_RUN[$kind]}" "$two")"
 		printf '  %-24s %6.1f %6.1f | %6.1f %6.1f\n' "${what[$kind]}" "$a" "$b" "$c" "$d"
 		med[$kind]=$a
+	done
+	echo "daemon side, medians (ms): CreateContainer | StartContainer"
+	for kind in "${KINDS[@]}"; do
+		read -r a _ <<<"$(med_p90 "$(tr ' ' '\n' <<<"${D_CREATE[$kind]}" | sed '/^$/d' | awk '{ printf "%.2f ", $1 / 1000 }')")"
+		read -r c _ <<<"$(med_p90 "$(tr ' ' '\n' <<<"${D_START[$kind]}" | sed '/^$/d' | awk '{ printf "%.2f ", $1 / 1000 }')")"
+		printf '  %-24s %6.2f | %6.2f\n' "${what[$kind]}" "$a" "$c"
 	done
 	awk -v w="${med[warm]}" -v l="${med[linux]}" -v c="${med[cold]}" 'BEGIN {
 		printf "daemon side, medians: warm wasm / linux %.2f, cold wasm / linux %.2f\n", w / l, c / l }'
