@@ -85,7 +85,9 @@ impl Containers {
 
     #[cfg(feature = "wasm")]
     fn wasm_kind(&self, module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
-        Ok(RuntimeKind::Wasm { cache: self.config.root.join("wasm-cache"), module })
+        let cache = self.config.root.join("wasm-cache");
+        let engine = crate::wasm::cache::engine_key(&cache).map_err(ContainerError::Create)?.to_string();
+        Ok(RuntimeKind::Wasm { cache, engine, module })
     }
 
     #[cfg(not(feature = "wasm"))]

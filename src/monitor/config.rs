@@ -46,8 +46,11 @@ pub enum RuntimeKind {
     /// The built-in executor whose init runs `process.args[0]` (or `module`)
     /// as a WebAssembly module or component in place of an execve.
     Wasm {
-        /// Compiled modules by digest of the module file (host side, root's).
+        /// Compiled code by digest of the program file (host side, root's; see `wasm::cache`).
         cache: PathBuf,
+        /// The daemon's engine key, naming the compiled code it loads.
+        #[serde(default)]
+        engine: String,
         /// The binary's path in the rootfs when it isn't `process.args[0]`
         /// (a Wasm OCI artifact's, whatever the command says).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,10 +104,13 @@ mod tests {
         assert_eq!(cfg.runtime, RuntimeKind::Oci { path: "/usr/sbin/runc".into(), root: "/r".into() });
         let wasm = format!(r#"{base},"runtime":{{"type":"wasm","cache":"/c"}}}}"#);
         let wasm: MonitorConfig = serde_json::from_str(&wasm).unwrap();
-        assert_eq!(wasm.runtime, RuntimeKind::Wasm { cache: "/c".into(), module: None });
-        let artifact = format!(r#"{base},"runtime":{{"type":"wasm","cache":"/c","module":"/app.wasm"}}}}"#);
+        // Records written before the engine key existed still read.
+        assert_eq!(wasm.runtime, RuntimeKind::Wasm { cache: "/c".into(), engine: String::new(), module: None });
+        let artifact =
+            format!(r#"{base},"runtime":{{"type":"wasm","cache":"/c","engine":"e","module":"/app.wasm"}}}}"#);
         let artifact: MonitorConfig = serde_json::from_str(&artifact).unwrap();
-        assert_eq!(artifact.runtime, RuntimeKind::Wasm { cache: "/c".into(), module: Some("/app.wasm".into()) });
+        let expected = RuntimeKind::Wasm { cache: "/c".into(), engine: "e".into(), module: Some("/app.wasm".into()) };
+        assert_eq!(artifact.runtime, expected);
     }
 
     #[test]

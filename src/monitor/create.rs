@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::config::{MonitorConfig, RuntimeKind};
 use super::{sys, MonitorError};
-use crate::runtime::linux::{Loader, Workload};
+use crate::runtime::linux::{InProcess, Workload};
 use crate::runtime::oci::{OciRuntime, OciStdio};
 use crate::runtime::{ContainerInit, InitStdio};
 
@@ -37,7 +37,7 @@ pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> 
             } else {
                 local_stdio(cfg).map(|(stdio, streams)| (stdio, Some(streams))).map_err(MonitorError::Stdio)?
             };
-            // Compiled here, on the host and before the fork: the init inherits the module.
+            // Found and compiled here, on the host and before the fork; the init loads it.
             let loader = wasm_loader(cfg, &spec)?;
             let workload = loader.as_deref().map_or(Workload::Spec, Workload::InProcess);
             let created = crate::runtime::linux::create(&cfg.bundle, &spec, stdio, &cfg.cgroup_dirs, workload)
@@ -84,15 +84,21 @@ pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> 
 }
 
 #[cfg(feature = "wasm")]
-fn wasm_loader(cfg: &MonitorConfig, spec: &oci_spec::runtime::Spec) -> Result<Option<Box<Loader>>, MonitorError> {
-    let RuntimeKind::Wasm { cache, module } = &cfg.runtime else { return Ok(None) };
-    let compiled = crate::wasm::run::Compiled::prepare(&cfg.bundle, spec, cache, module.as_deref())
+fn wasm_loader(
+    cfg: &MonitorConfig,
+    spec: &oci_spec::runtime::Spec,
+) -> Result<Option<Box<dyn InProcess>>, MonitorError> {
+    let RuntimeKind::Wasm { cache, engine, module } = &cfg.runtime else { return Ok(None) };
+    let prepared = crate::wasm::run::Prepared::prepare(&cfg.bundle, spec, cache, engine, module.as_deref())
         .map_err(|e| MonitorError::Create(e.to_string()))?;
-    Ok(Some(Box::new(move |args: &[String], env: &[String]| compiled.load(args, env))))
+    Ok(Some(Box::new(prepared)))
 }
 
 #[cfg(not(feature = "wasm"))]
-fn wasm_loader(cfg: &MonitorConfig, _spec: &oci_spec::runtime::Spec) -> Result<Option<Box<Loader>>, MonitorError> {
+fn wasm_loader(
+    cfg: &MonitorConfig,
+    _spec: &oci_spec::runtime::Spec,
+) -> Result<Option<Box<dyn InProcess>>, MonitorError> {
     match cfg.runtime {
         RuntimeKind::Wasm { .. } => {
             Err(MonitorError::Create("this cricket binary is built without WebAssembly support".into()))

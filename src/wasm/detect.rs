@@ -48,6 +48,43 @@ pub fn entrypoint(root: &Path, spec: &Spec) -> Option<PathBuf> {
     path.split(':').filter_map(|dir| resolve_in_root(root, &Path::new(dir).join(name)).ok()).find(|p| p.is_file())
 }
 
+/// Whether instantiating the binary `wasm` runs any of its code: a start
+/// function in the module, or in a component or any module nested in it.
+/// What doesn't parse counts as running code.
+pub fn runs_code_when_instantiated(mut wasm: &[u8]) -> bool {
+    use wasmparser::{Chunk, Parser, Payload};
+    let mut parser = Parser::new(0);
+    // The parsers of the enclosing components while a nested one is read.
+    let mut outer = Vec::new();
+    loop {
+        let payload = match parser.parse(wasm, true) {
+            Ok(Chunk::Parsed { consumed, payload }) => {
+                wasm = &wasm[consumed..];
+                payload
+            }
+            Ok(Chunk::NeedMoreData(_)) | Err(_) => return true,
+        };
+        match payload {
+            Payload::StartSection { .. } | Payload::ComponentStartSection { .. } => return true,
+            Payload::CodeSectionStart { size, .. } => {
+                parser.skip_section();
+                match wasm.get(size as usize..) {
+                    Some(rest) => wasm = rest,
+                    None => return true,
+                }
+            }
+            Payload::ModuleSection { parser: nested, .. } | Payload::ComponentSection { parser: nested, .. } => {
+                outer.push(std::mem::replace(&mut parser, nested));
+            }
+            Payload::End(_) => match outer.pop() {
+                Some(p) => parser = p,
+                None => return false,
+            },
+            _ => {}
+        }
+    }
+}
+
 fn is_module(path: &Path) -> bool {
     let Ok(mut file) = std::fs::File::open(path) else { return false };
     let mut magic = [0u8; 4];
@@ -101,5 +138,20 @@ mod tests {
         assert_eq!(entry_func(&spec(&["/app.wasm"], &[])), None);
         std::fs::write(r.join("cli.wat"), "(component)").unwrap();
         assert!(entrypoint_is_module(r, &spec(&["/cli.wat"], &[])));
+    }
+
+    #[test]
+    fn start_functions_are_found_at_any_depth() {
+        let runs = |text: &str| runs_code_when_instantiated(&wat::parse_str(text).unwrap());
+        assert!(!runs("(module (memory 1) (data (i32.const 0) \"hi\") (func (export \"_start\")))"));
+        assert!(runs("(module (func $f) (start $f))"));
+        // The code section is skipped, not misread.
+        assert!(runs("(module (func $f (drop (i32.const 1))) (func (export \"g\")) (start $f))"));
+        assert!(!runs("(component (core module (func (export \"f\"))))"));
+        assert!(runs("(component (core module (func $f) (start $f)))"));
+        assert!(runs("(component (component (core module (func $f) (start $f))))"));
+        assert!(!runs("(component (component (core module)) (core module (func)))"));
+        assert!(runs_code_when_instantiated(b"\0asm\x01\0\0\0\x0a\xff"));
+        assert!(runs_code_when_instantiated(b"not wasm"));
     }
 }

@@ -3,5 +3,6 @@
 //! execve, runs the module with wasmtime in place: namespaces, cgroups,
 //! seccomp, user, mounts, logs, stop and stats work unchanged.
 
+pub mod cache;
 pub mod detect;
 pub mod run;

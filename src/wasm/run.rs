@@ -1,12 +1,16 @@
-//! Running a WASI module or component as a container's workload. The
-//! monitor compiles it and resolves its imports (`Compiled::prepare`); the
-//! built-in executor calls `load` inside the container's init, after every setting (namespaces,
-//! pivot_root, user, capabilities, seccomp) and in the container's cwd: the
-//! program sees the container's "/" preopened as "/", its args and
-//! environment and the init's stdio; its exit code is the init's. Core
-//! modules get WASI preview1 and run their `_start` (or the export named by
-//! `path#func`); components get WASI preview 2 and run `wasi:cli/run`, as in
-//! the `wasi:cli/command` world.
+//! Running a WASI module or component as a container's workload, in three
+//! places. The monitor, on the host before it forks the init, finds the
+//! program and compiles it unless the cache has it (`Prepared::prepare`).
+//! The init loads it on a thread of its own while it sets up the container
+//! (`InProcess::begin`): maps the cached code, links it against WASI and,
+//! when that runs none of the program's code (no start function), also
+//! instantiates it, so the start only has to call it. Once the container's
+//! root is in place, the init gives the program its WASI context (`settle`):
+//! the container's "/" preopened as "/", its args and environment and the
+//! init's stdio; its exit code is the init's. Core modules get WASI
+//! preview1 and run their `_start` (or the export named by `path#func`);
+//! components get WASI preview 2 and run `wasi:cli/run`, as in the
+//! `wasi:cli/command` world.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -17,14 +21,15 @@ use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Spec;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap};
+use wasmtime::{Engine, InstancePre, Linker, Module, Store, Trap, TypedFunc};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::p2::bindings::sync::{Command, CommandPre};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::detect;
+use super::cache;
+use super::detect::{self, runs_code_when_instantiated};
 use crate::image::wasm::{binary_kind, BinaryKind};
-use crate::runtime::linux::ExecFailure;
+use crate::runtime::linux::{ExecFailure, InProcess, LoadJob, Loaded};
 
 /// Signals that stop the program; as PID 1 of its namespace the init would otherwise ignore them.
 const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
@@ -44,41 +49,48 @@ pub enum LoadError {
     Invalid { path: String, reason: String },
     #[error("component {path}: it runs wasi:cli/run, so `#{func}` can't name a function to call")]
     ComponentFunc { path: String, func: String },
-    #[error("{0}")]
-    Unlinked(String),
+    #[error("compiled code {path}: {reason} (remove the file to compile the program again)")]
+    Cached { path: String, reason: String },
     #[error("preopening the container's / for WASI: {0}")]
     Preopen(String),
     #[error("starting the wasm engine: {0}")]
     Engine(String),
 }
 
+#[derive(Clone)]
 enum Code {
     Module(Module),
     Component(Component),
 }
 
-/// A program linked against WASI, ready to instantiate.
-enum Pre {
-    Module(InstancePre<WasiP1Ctx>),
-    Component(CommandPre<Host>),
+/// Where the init gets the compiled program.
+enum Source {
+    /// The cache's file (the common case): the init maps it.
+    Cached(PathBuf, BinaryKind),
+    /// Compiled by the monitor just now: the init inherits it.
+    Built(Engine, Code),
 }
 
-/// A module or component compiled and linked on the host side (by the
-/// monitor, before it forks the init, which inherits it), through the cache
-/// of compiled code: the init only instantiates it.
-pub struct Compiled {
-    engine: Engine,
-    /// A program that doesn't link fails its start, like a failed exec, with this message.
-    pre: Result<Pre, String>,
+/// A program found and compiled, ready for the init to load.
+pub struct Prepared {
+    source: Source,
     /// The core module's export to call.
     func: String,
+    /// Instantiating it runs none of its code, so the init does that before the start.
+    early: bool,
 }
 
-impl Compiled {
-    /// Compiles `module` (a path in the rootfs), or else the spec's
-    /// entrypoint, found in the bundle's rootfs, or takes it from `cache`
-    /// (by the digest of the file), and links it against WASI. Cache trouble only warns.
-    pub fn prepare(bundle: &Path, spec: &Spec, cache: &Path, module: Option<&Path>) -> Result<Compiled, LoadError> {
+impl Prepared {
+    /// Finds `module` (a path in the rootfs), or else the spec's entrypoint,
+    /// in the bundle's rootfs, and compiles it unless `cache` holds its code
+    /// for `engine` (the key of `cache::engine_key`). Cache trouble only warns.
+    pub fn prepare(
+        bundle: &Path,
+        spec: &Spec,
+        cache: &Path,
+        engine: &str,
+        module: Option<&Path>,
+    ) -> Result<Prepared, LoadError> {
         let rel = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
         let root = bundle.join(&rel);
         let root = std::fs::canonicalize(&root)
@@ -96,111 +108,219 @@ impl Compiled {
         let path = file.display().to_string();
         let bytes = std::fs::read(&file).map_err(|source| LoadError::Read { path: path.clone(), source })?;
         let func = detect::entry_func(spec).map(str::to_string);
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        let cached = |kind| match kind {
-            BinaryKind::Module => cache.join(format!("{digest}.cwasm")),
-            BinaryKind::Component => cache.join(format!("{digest}.component.cwasm")),
-        };
+        let cached = |kind| cache::path(cache, &digest, engine, kind);
         // A binary says what it is; text may be either until parsed, which a cache hit saves.
         let kinds = match binary_kind(&bytes) {
             Some(kind) => vec![kind],
             None => vec![BinaryKind::Module, BinaryKind::Component],
         };
-        for kind in kinds {
-            // Read, not mapped (deserialize_file): wasmtime would keep using the file's
-            // descriptor for memory images, and the init closes every inherited one.
-            let Ok(data) = std::fs::read(cached(kind)) else { continue };
-            // SAFETY: the cache is written only by cricket, under its root dir, and
-            // keyed by content; wasmtime checks the engine's version and settings.
-            let code = match kind {
-                BinaryKind::Module => unsafe { Module::deserialize(&engine, &data) }.map(Code::Module),
-                BinaryKind::Component => unsafe { Component::deserialize(&engine, &data) }.map(Code::Component),
-            };
-            if let Ok(code) = code {
-                return Compiled::new(engine, code, func, name);
-            }
+        if let Some(kind) = kinds.into_iter().find(|kind| cached(*kind).is_file()) {
+            // Text isn't parsed again to look for a start function: it instantiates after the start.
+            let early = binary_kind(&bytes).is_some() && !runs_code_when_instantiated(&bytes);
+            return Prepared::new(Source::Cached(cached(kind), kind), func, early, name);
         }
         let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
         let binary = match binary_kind(&bytes) {
             Some(_) => bytes,
             None => wat::parse_bytes(&bytes).map_err(|e| invalid(e.into()))?.into_owned(),
         };
+        let engine_now = Engine::new(&cache::engine_config()).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let (code, serialized) = match binary_kind(&binary) {
             Some(BinaryKind::Component) => {
-                let component = Component::new(&engine, &binary).map_err(invalid)?;
+                let component = Component::new(&engine_now, &binary).map_err(invalid)?;
                 let data = component.serialize();
                 (Code::Component(component), data.map(|d| (d, cached(BinaryKind::Component))))
             }
             _ => {
-                let module = Module::new(&engine, &binary).map_err(invalid)?;
+                let module = Module::new(&engine_now, &binary).map_err(invalid)?;
                 let data = module.serialize();
                 (Code::Module(module), data.map(|d| (d, cached(BinaryKind::Module))))
             }
         };
-        let stored = serialized.map_err(|e| format!("{e:#}")).and_then(|(data, to)| store(&data, &to).map(|()| to));
+        let stored = serialized.map_err(|e| format!("{e:#}")).and_then(|(data, to)| cache::store(&data, &to));
         if let Err(e) = stored {
             eprintln!("cricket: warning: caching the compiled {path}: {e}");
         }
-        Compiled::new(engine, code, func, name)
+        let early = !runs_code_when_instantiated(&binary);
+        Prepared::new(Source::Built(engine_now, code), func, early, name)
     }
 
-    fn new(engine: Engine, code: Code, func: Option<String>, name: String) -> Result<Compiled, LoadError> {
-        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
-        let unlinked =
-            |e: wasmtime::Error| LoadError::Invalid { path: name.clone(), reason: format!("{e:#}") }.to_string();
-        let pre = match (code, func.as_deref()) {
-            (Code::Component(_), Some(func)) => {
-                return Err(LoadError::ComponentFunc { path: name, func: func.to_string() })
-            }
-            (Code::Module(module), _) => {
-                let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(engine_err)?;
-                linker.instantiate_pre(&module).map(Pre::Module).map_err(unlinked)
-            }
-            (Code::Component(component), None) => {
-                let mut linker = wasmtime::component::Linker::<Host>::new(&engine);
-                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-                linker.instantiate_pre(&component).and_then(CommandPre::new).map(Pre::Component).map_err(unlinked)
-            }
+    fn new(source: Source, func: Option<String>, early: bool, name: String) -> Result<Prepared, LoadError> {
+        let component = match &source {
+            Source::Cached(_, kind) => *kind == BinaryKind::Component,
+            Source::Built(_, code) => matches!(code, Code::Component(_)),
         };
-        Ok(Compiled { engine, pre, func: func.unwrap_or_else(|| "_start".to_string()) })
-    }
-
-    /// A `runtime::linux::Loader`: instantiates the program for `args` and
-    /// `env` ("KEY=VALUE"); the returned closure runs it to the exit code.
-    pub fn load(&self, args: &[String], env: &[String]) -> Result<Box<dyn FnOnce() -> i32>, ExecFailure> {
-        let path = args.first().cloned().unwrap_or_default();
-        let run = self.instantiate(args, env).map_err(|e| ExecFailure { code: 126, message: e.to_string() })?;
-        let engine = self.engine.clone();
-        Ok(Box::new(move || exit_code(&path, engine, run)))
-    }
-
-    fn instantiate(&self, args: &[String], env: &[String]) -> Result<Run, LoadError> {
-        let path = args.first().ok_or(LoadError::NoModule)?.clone();
-        let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
-        match self.pre.as_ref().map_err(|message| LoadError::Unlinked(message.clone()))? {
-            Pre::Module(pre) => {
-                let mut store = Store::new(&self.engine, wasi_ctx(args, env, false)?.build_p1());
-                interruptible(&mut store);
-                let instance = pre.instantiate(&mut store).map_err(invalid)?;
-                let func = instance.get_typed_func::<(), ()>(&mut store, &self.func).map_err(invalid)?;
-                Ok(Box::new(move || func.call(&mut store, ()).map(|()| 0)))
-            }
-            Pre::Component(pre) => {
-                let host = Host { ctx: wasi_ctx(args, env, true)?.build(), table: ResourceTable::new() };
-                let mut store = Store::new(&self.engine, host);
-                interruptible(&mut store);
-                let command = pre.instantiate(&mut store).map_err(invalid)?;
-                Ok(Box::new(move || {
-                    let ok = command.wasi_cli_run().call_run(&mut store)?;
-                    Ok(if ok.is_ok() { 0 } else { 1 })
-                }))
-            }
+        match func {
+            Some(func) if component => Err(LoadError::ComponentFunc { path: name, func }),
+            func => Ok(Prepared { source, func: func.unwrap_or_else(|| "_start".to_string()), early }),
         }
     }
+
+    /// On the init's loading thread: the engine and code, linked against WASI.
+    fn load(&self, opened: Opened, args: Vec<String>, env: Vec<String>) -> Result<Program, LoadError> {
+        let (engine, code) = match opened {
+            Opened::Built(engine, code) => (engine, code),
+            Opened::File(file, kind, path) => {
+                let engine = Engine::new(&cache::engine_config()).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+                let cached = |e: wasmtime::Error| LoadError::Cached { path: path.clone(), reason: format!("{e:#}") };
+                // SAFETY: the cache is written only by cricket, under its root dir, synced before
+                // it is renamed into place, and named by this engine's compatibility key.
+                // Modules are mapped (memory images then come from the file too); wasmtime
+                // maps components only by path, which pivot_root may move meanwhile.
+                let code = match kind {
+                    BinaryKind::Module => unsafe { Module::deserialize_open_file(&engine, file) }.map(Code::Module),
+                    BinaryKind::Component => read_all(file)
+                        .and_then(|data| unsafe { Component::deserialize(&engine, data) })
+                        .map(Code::Component),
+                }
+                .map_err(cached)?;
+                (engine, code)
+            }
+        };
+        let path = args.first().cloned().unwrap_or_default();
+        let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
+        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        let mut linked = match code {
+            Code::Module(module) => {
+                let entry = module.get_export(&self.func).and_then(|e| e.func().cloned());
+                if !entry.is_some_and(|f| f.params().len() == 0 && f.results().len() == 0) {
+                    let reason = format!("no exported function `{}` taking and returning nothing", self.func);
+                    return Err(LoadError::Invalid { path, reason });
+                }
+                let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(engine_err)?;
+                let pre = linker.instantiate_pre(&module).map_err(invalid)?;
+                // A stand-in context until `settle`: instantiating calls no host function
+                // (if it runs a start function, that happens after `settle`).
+                let mut store = Store::new(&engine, WasiCtxBuilder::new().build_p1());
+                interruptible(&mut store);
+                Linked::Module { store, pre, func: self.func.clone(), entry: None }
+            }
+            Code::Component(component) => {
+                let mut linker = wasmtime::component::Linker::<Host>::new(&engine);
+                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+                let pre = linker.instantiate_pre(&component).and_then(CommandPre::new).map_err(invalid)?;
+                let host = Host { ctx: WasiCtxBuilder::new().build(), table: ResourceTable::new() };
+                let mut store = Store::new(&engine, host);
+                interruptible(&mut store);
+                Linked::Component { store, pre, command: None }
+            }
+        };
+        if self.early {
+            linked.instantiate().map_err(invalid)?;
+        }
+        Ok(Program { engine, path, args, env, linked })
+    }
+}
+
+fn read_all(mut file: std::fs::File) -> wasmtime::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut data)?;
+    Ok(data)
+}
+
+/// What the init's main thread opens for the loading thread, while the host's files are in reach.
+enum Opened {
+    File(std::fs::File, BinaryKind, String),
+    Built(Engine, Code),
+}
+
+impl InProcess for Prepared {
+    fn begin(&self, args: &[String], env: &[String]) -> LoadJob<'_> {
+        let opened = match &self.source {
+            Source::Cached(path, kind) => std::fs::File::open(path)
+                .map(|f| Opened::File(f, *kind, path.display().to_string()))
+                .map_err(|e| LoadError::Cached { path: path.display().to_string(), reason: e.to_string() }),
+            Source::Built(engine, code) => Ok(Opened::Built(engine.clone(), code.clone())),
+        };
+        let (args, env) = (args.to_vec(), env.to_vec());
+        Box::new(move || {
+            let loaded = opened.and_then(|opened| self.load(opened, args, env)).map_err(failure)?;
+            Ok(Box::new(loaded) as Box<dyn Loaded>)
+        })
+    }
+}
+
+/// A load error fails the start as a failed exec does.
+fn failure(e: LoadError) -> ExecFailure {
+    ExecFailure { code: 126, message: e.to_string() }
+}
+
+/// A program loaded in the init, with its arguments.
+struct Program {
+    engine: Engine,
+    /// `args[0]`, for messages.
+    path: String,
+    args: Vec<String>,
+    env: Vec<String>,
+    linked: Linked,
+}
+
+impl Loaded for Program {
+    fn settle(&mut self) -> Result<(), ExecFailure> {
+        let (args, env) = (&self.args, &self.env);
+        match &mut self.linked {
+            Linked::Module { store, .. } => *store.data_mut() = wasi_ctx(args, env, false).map_err(failure)?.build_p1(),
+            Linked::Component { store, .. } => {
+                store.data_mut().ctx = wasi_ctx(args, env, true).map_err(failure)?.build()
+            }
+        }
+        Ok(())
+    }
+
+    fn run(self: Box<Self>) -> i32 {
+        let Program { engine, path, linked, .. } = *self;
+        exit_code(&path, engine, linked.into_run())
+    }
+}
+
+/// A linked program in its store, instantiated (`entry`, `command`) or not yet.
+enum Linked {
+    Module { store: Store<WasiP1Ctx>, pre: InstancePre<WasiP1Ctx>, func: String, entry: Option<TypedFunc<(), ()>> },
+    Component { store: Store<Host>, pre: CommandPre<Host>, command: Option<Command> },
+}
+
+impl Linked {
+    /// Instantiates the program now.
+    fn instantiate(&mut self) -> wasmtime::Result<()> {
+        match self {
+            Linked::Module { store, pre, func, entry } => *entry = Some(module_entry(pre, store, func)?),
+            Linked::Component { store, pre, command } => *command = Some(pre.instantiate(&mut *store)?),
+        }
+        Ok(())
+    }
+
+    /// Calls the program's entry, instantiating it first unless done: a
+    /// start function is the program's own code, its exit or trap the program's.
+    fn into_run(self) -> Run {
+        match self {
+            Linked::Module { mut store, pre, func, entry } => Box::new(move || {
+                let entry = match entry {
+                    Some(entry) => entry,
+                    None => module_entry(&pre, &mut store, &func)?,
+                };
+                entry.call(&mut store, ()).map(|()| 0)
+            }),
+            Linked::Component { mut store, pre, command } => Box::new(move || {
+                let command = match command {
+                    Some(command) => command,
+                    None => pre.instantiate(&mut store)?,
+                };
+                let ok = command.wasi_cli_run().call_run(&mut store)?;
+                Ok(if ok.is_ok() { 0 } else { 1 })
+            }),
+        }
+    }
+}
+
+fn module_entry(
+    pre: &InstancePre<WasiP1Ctx>,
+    store: &mut Store<WasiP1Ctx>,
+    func: &str,
+) -> wasmtime::Result<TypedFunc<(), ()>> {
+    let instance = pre.instantiate(&mut *store)?;
+    instance.get_typed_func::<(), ()>(store, func)
 }
 
 /// Runs the program's entry to the exit code it returns or passes to exit.
@@ -222,17 +342,6 @@ impl WasiView for Host {
 fn interruptible<T>(store: &mut Store<T>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_trap();
-}
-
-/// Written under a unique name and renamed: monitors may compile the same module at once.
-fn store(data: &[u8], to: &Path) -> Result<(), String> {
-    let dir = to.parent().ok_or("no directory")?;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, to)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        e.to_string()
-    })
 }
 
 fn exit_code(path: &str, engine: Engine, run: Run) -> i32 {
@@ -328,16 +437,25 @@ mod tests {
         dir
     }
 
-    fn spec(bundle: &Path, arg0: &str) -> Spec {
-        let process = ProcessBuilder::default().args(vec![arg0.to_string()]).cwd("/").build().unwrap();
+    fn spec(bundle: &Path, args: &[&str]) -> Spec {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let process = ProcessBuilder::default().args(args).cwd("/").build().unwrap();
         let root = RootBuilder::default().path(bundle.join("rootfs")).build().unwrap();
         SpecBuilder::default().process(process).root(root).build().unwrap()
     }
 
-    fn run(bundle: &Path, arg0: &str, cache: &Path, module: Option<&Path>) -> Result<i32, LoadError> {
-        let compiled = Compiled::prepare(bundle, &spec(bundle, arg0), cache, module)?;
-        let args = vec![arg0.to_string()];
-        Ok(compiled.load(&args, &[]).map_err(|e| LoadError::Engine(e.message))?())
+    /// What the monitor and then the init do, in this process: the exit code or the failure.
+    fn run_args(bundle: &Path, args: &[&str], cache: &Path, module: Option<&Path>) -> Result<i32, String> {
+        let spec = spec(bundle, args);
+        let prepared = Prepared::prepare(bundle, &spec, cache, "test", module).map_err(|e| e.to_string())?;
+        let args: Vec<String> = spec.process().as_ref().unwrap().args().clone().unwrap();
+        let mut loaded = prepared.begin(&args, &[])().map_err(|f| f.message)?;
+        loaded.settle().map_err(|f| f.message)?;
+        Ok(loaded.run())
+    }
+
+    fn run(bundle: &Path, arg0: &str, cache: &Path, module: Option<&Path>) -> Result<i32, String> {
+        run_args(bundle, &[arg0], cache, module)
     }
 
     #[test]
@@ -349,7 +467,7 @@ mod tests {
         let names: Vec<String> =
             std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names.len(), 1);
-        assert!(names[0].ends_with(".component.cwasm"), "{names:?}");
+        assert!(names[0].ends_with("-test.component.cwasm"), "{names:?}");
         // A hit skips compiling: swap in another compiled component under the same name.
         assert_eq!(run(b.path(), "/other.wasm", &cache, None).unwrap(), 4);
         let other_cached =
@@ -358,8 +476,12 @@ mod tests {
         assert_eq!(run(b.path(), "/cli.wat", &cache, None).unwrap(), 4);
         // The artifact's binary is run whatever args[0] says.
         assert_eq!(run(b.path(), "prog-name", &cache, Some(Path::new("/other.wasm"))).unwrap(), 4);
-        let err = run(b.path(), "/cli.wat#main", &cache, None).err().unwrap();
-        assert!(matches!(err, LoadError::ComponentFunc { .. }), "{err}");
+        let err = run(b.path(), "/cli.wat#main", &cache, None).unwrap_err();
+        assert!(err.contains("can't name a function"), "{err}");
+        // Code no engine of this binary loads fails the start, naming the file.
+        std::fs::write(cache.join(&names[0]), b"junk").unwrap();
+        let err = run(b.path(), "/cli.wat", &cache, None).unwrap_err();
+        assert!(err.contains(&names[0]) && err.contains("remove the file"), "{err}");
     }
 
     #[test]
@@ -368,6 +490,43 @@ mod tests {
         let cache = b.path().join("cache");
         assert_eq!(run(b.path(), "/two.wat", &cache, None).unwrap(), 1);
         assert_eq!(run(b.path(), "/two.wat#greet", &cache, None).unwrap(), 3);
-        assert!(run(b.path(), "/two.wat#missing", &cache, None).is_err());
+        let err = run(b.path(), "/two.wat#missing", &cache, None).unwrap_err();
+        assert!(err.contains("no exported function `missing`"), "{err}");
+    }
+
+    /// Exits with its argument count, from the WASI context it runs with.
+    const ARGC: &str = r#"(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (drop (call $sizes (i32.const 0) (i32.const 4))) (call $exit (i32.load (i32.const 0)))))"#;
+
+    /// Its start function exits 6 before `_start` could exit 1.
+    const STARTS: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func $early (call $exit (i32.const 6)))
+  (start $early)
+  (func (export "_start") (call $exit (i32.const 1))))"#;
+
+    #[test]
+    fn instantiated_early_only_without_a_start_function() {
+        let argc = wat::parse_str(ARGC).unwrap();
+        let starts = wat::parse_str(STARTS).unwrap();
+        let b = bundle(&[("argc.wasm", &argc), ("starts.wasm", &starts), ("argc.wat", ARGC.as_bytes())]);
+        let cache = b.path().join("cache");
+        let prepare = |arg0: &str| Prepared::prepare(b.path(), &spec(b.path(), &[arg0]), &cache, "test", None).unwrap();
+        // Compiled, then cached: early both times, and the program sees the context given by `settle`.
+        for _ in 0..2 {
+            assert!(prepare("/argc.wasm").early);
+            assert_eq!(run_args(b.path(), &["/argc.wasm", "x", "y"], &cache, None).unwrap(), 3);
+        }
+        // Text is scanned only when compiled.
+        assert!(prepare("/argc.wat").early);
+        assert!(!prepare("/argc.wat").early);
+        assert_eq!(run_args(b.path(), &["/argc.wat", "x"], &cache, None).unwrap(), 2);
+        // A start function is the program's code: it runs at the start, and its exit is the program's.
+        assert!(!prepare("/starts.wasm").early);
+        assert_eq!(run(b.path(), "/starts.wasm", &cache, None).unwrap(), 6);
     }
 }

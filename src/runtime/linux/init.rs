@@ -130,41 +130,24 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
     if plan.creates(LinuxNamespaceType::Cgroup) {
         unshare(CloneFlags::CLONE_NEWCGROUP).ctx("unshare(cgroup)")?;
     }
-    let root_rel = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
-    let root = std::fs::canonicalize(args.bundle.join(&root_rel)).with(|| format!("rootfs {}", root_rel.display()))?;
     let terminal = proc_spec.terminal().unwrap_or(false);
-    let ctx = RootfsContext {
-        bundle: args.bundle,
-        root: &root,
-        cgroups: &own_cgroups,
-        terminal,
-        bind_devices: plan.creates(LinuxNamespaceType::User),
-    };
-    if let Some(pty) = rootfs::prepare(spec, &ctx)? {
-        super::devices::own_pty(&pty.replica, proc_spec.user())?;
-        for fd in 0..3 {
-            nix::unistd::dup2(pty.replica.as_raw_fd(), fd).ctx("dup2 terminal")?;
-        }
-        channel.send_fd(&Msg::Console, pty.master.as_fd()).ctx("sending the terminal")?;
-    }
-    rootfs::pivot(&root)?;
-    let linux = spec.linux().clone().unwrap_or_default();
-    if plan.creates(LinuxNamespaceType::Uts) {
-        if let Some(h) = spec.hostname() {
-            nix::unistd::sethostname(h).with(|| format!("sethostname({h:?})"))?;
-        }
-        if let Some(d) = spec.domainname() {
-            // SAFETY: pointer and length of a live string.
-            if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
-                return Err(nix::errno::Errno::last()).with(|| format!("setdomainname({d:?})"));
-            }
-        }
-    }
-    for (key, value) in linux.sysctl().iter().flatten() {
-        let path = crate::sandbox::namespaces::sysctl_path(key);
-        std::fs::write(&path, value).with(|| format!("sysctl {key}={value}"))?;
-    }
-    rootfs::finalize(spec)?;
+    let argv = proc_spec.args().clone().unwrap_or_default();
+    let env = proc_spec.env().clone().unwrap_or_default();
+    // An in-process workload loads on a thread of its own while the rootfs is set up.
+    let loaded = std::thread::scope(|s| {
+        let loading = match args.workload {
+            super::Workload::InProcess(w) => Some(s.spawn(w.begin(&argv, &env))),
+            super::Workload::Spec => None,
+        };
+        let setup = set_up_root(args, plan, channel, &proc_spec, &own_cgroups);
+        let loaded = loading.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(process::ExecFailure { code: 126, message: "loading the workload panicked".into() })
+            })
+        });
+        setup.map(|()| loaded)
+    })?;
+    let loaded = loaded.map(|l| l.and_then(|mut l| l.settle().map(|()| l)));
     limits::apply(&proc_spec, &mut warn)?;
     nix::unistd::setsid().ctx("setsid")?;
     if terminal {
@@ -173,8 +156,9 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
             return Err(nix::errno::Errno::last()).ctx("TIOCSCTTY");
         }
     }
+    let linux = spec.linux().clone().unwrap_or_default();
     let prepared = process::secure(&proc_spec, linux.seccomp().as_ref(), apparmor, &mut warn)?;
-    if let (super::Workload::Spec, Some(failure)) = (args.workload, prepared.missing_program()) {
+    if let (None, Some(failure)) = (&loaded, prepared.missing_program()) {
         return fail(failure.message.clone());
     }
     for w in warnings {
@@ -187,20 +171,61 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
         // SAFETY: as in stage1, _exit without exit handlers.
         _ => unsafe { libc::_exit(1) },
     }
-    match args.workload {
-        super::Workload::Spec => Ok(process::exec(prepared)),
-        super::Workload::InProcess(load) => {
-            let env = proc_spec.env().clone().unwrap_or_default();
-            let run = match load(proc_spec.args().as_deref().unwrap_or_default(), &env) {
-                Ok(run) => run,
-                Err(failure) => return Ok(failure),
-            };
-            channel.send(&Msg::Running).ctx("reporting the start")?;
-            // Keep it from the workload; this process never returns to drop it.
-            let _ = nix::unistd::close(channel.0.as_raw_fd());
-            let code = run();
-            // SAFETY: as above, _exit without the monitor's exit handlers.
-            unsafe { libc::_exit(code) }
+    let loaded = match loaded {
+        None => return Ok(process::exec(prepared)),
+        Some(Err(failure)) => return Ok(failure),
+        Some(Ok(loaded)) => loaded,
+    };
+    channel.send(&Msg::Running).ctx("reporting the start")?;
+    // Keep it from the workload; this process never returns to drop it.
+    let _ = nix::unistd::close(channel.0.as_raw_fd());
+    let code = loaded.run();
+    // SAFETY: as above, _exit without the monitor's exit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+/// The container's filesystem and names: rootfs and terminal, pivot_root,
+/// hostname, sysctls, then the read-only and masked paths.
+fn set_up_root(
+    args: &InitArgs,
+    plan: &NsPlan,
+    channel: &Channel,
+    proc_spec: &oci_spec::runtime::Process,
+    own_cgroups: &[cgroups::Hierarchy],
+) -> StepResult {
+    let spec = args.spec;
+    let root_rel = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
+    let root = std::fs::canonicalize(args.bundle.join(&root_rel)).with(|| format!("rootfs {}", root_rel.display()))?;
+    let ctx = RootfsContext {
+        bundle: args.bundle,
+        root: &root,
+        cgroups: own_cgroups,
+        terminal: proc_spec.terminal().unwrap_or(false),
+        bind_devices: plan.creates(LinuxNamespaceType::User),
+    };
+    if let Some(pty) = rootfs::prepare(spec, &ctx)? {
+        super::devices::own_pty(&pty.replica, proc_spec.user())?;
+        for fd in 0..3 {
+            nix::unistd::dup2(pty.replica.as_raw_fd(), fd).ctx("dup2 terminal")?;
+        }
+        channel.send_fd(&Msg::Console, pty.master.as_fd()).ctx("sending the terminal")?;
+    }
+    rootfs::pivot(&root)?;
+    if plan.creates(LinuxNamespaceType::Uts) {
+        if let Some(h) = spec.hostname() {
+            nix::unistd::sethostname(h).with(|| format!("sethostname({h:?})"))?;
+        }
+        if let Some(d) = spec.domainname() {
+            // SAFETY: pointer and length of a live string.
+            if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+                return Err(nix::errno::Errno::last()).with(|| format!("setdomainname({d:?})"));
+            }
         }
     }
+    let linux = spec.linux().clone().unwrap_or_default();
+    for (key, value) in linux.sysctl().iter().flatten() {
+        let path = crate::sandbox::namespaces::sysctl_path(key);
+        std::fs::write(&path, value).with(|| format!("sysctl {key}={value}"))?;
+    }
+    rootfs::finalize(spec)
 }

@@ -66,12 +66,33 @@ pub enum Workload<'a> {
     /// filesystem need not hold this binary's dynamic loader and libraries,
     /// which an exec of it after pivot_root would need.
     #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
-    InProcess(&'a Loader),
+    InProcess(&'a dyn InProcess),
 }
 
-/// Given `process.args` and `process.env`, loads the workload (failing as an
-/// exec would, reported by StartContainer) and returns what runs it to its exit code.
-pub type Loader = dyn Fn(&[String], &[String]) -> Result<Box<dyn FnOnce() -> i32>, ExecFailure>;
+/// A workload of this binary's own code, loaded in steps so that most of
+/// the loading overlaps the container's setup. Failures are reported by
+/// StartContainer, as a failed exec is.
+pub trait InProcess: Sync {
+    /// Called by the init before it sets up the rootfs, while the host's
+    /// files are still in reach, with `process.args` and `process.env`. The
+    /// returned job runs on a second thread of the init during that setup:
+    /// it must not reach files by path (pivot_root moves "/" under it) nor
+    /// change process-wide settings. The thread ends before the user,
+    /// capabilities and seccomp are set.
+    fn begin(&self, args: &[String], env: &[String]) -> LoadJob<'_>;
+}
+
+/// The part of loading that runs alongside the container's setup.
+pub type LoadJob<'a> = Box<dyn FnOnce() -> Result<Box<dyn Loaded>, ExecFailure> + Send + 'a>;
+
+/// A workload loaded inside the init.
+pub trait Loaded: Send {
+    /// On the init's only thread, once the container's root is in place
+    /// (after pivot_root, before the user, capabilities and seccomp are set).
+    fn settle(&mut self) -> Result<(), ExecFailure>;
+    /// After start, with every setting applied: runs to the exit code.
+    fn run(self: Box<Self>) -> i32;
+}
 
 /// How long setup may take before the monitor gives up on the init.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);

@@ -1,0 +1,108 @@
+//! The cache of compiled code, `root/wasm-cache`: one file per program and
+//! engine, `<sha256 of the file>-<engine>.cwasm` (`.component.cwasm` for
+//! components), where `<engine>` names the wasmtime build and settings that
+//! can load it. An upgraded cricket thus never meets code it can't load,
+//! and the daemon drops other engines' files the first time it needs the key.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use wasmtime::{Config, Engine};
+
+use crate::image::wasm::BinaryKind;
+
+/// The one engine configuration, shared by the daemon (for the key), the
+/// monitor (compiling) and the init (loading).
+pub fn engine_config() -> Config {
+    let mut config = Config::new();
+    // StopContainer ends the program at its next epoch check.
+    config.epoch_interruption(true);
+    config
+}
+
+/// This binary's engine key; on first use, also removes other engines' files from `dir`.
+pub fn engine_key(dir: &Path) -> Result<&'static str, String> {
+    static KEY: OnceLock<Result<String, String>> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let key = compute_key()?;
+        prune(dir, &key);
+        Ok(key)
+    });
+    key.as_deref().map_err(Clone::clone)
+}
+
+/// Engines with equal keys load each other's compiled code.
+fn compute_key() -> Result<String, String> {
+    let engine = Engine::new(&engine_config()).map_err(|e| format!("starting the wasm engine: {e:#}"))?;
+    let mut hasher = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    Ok(format!("{:016x}", hasher.finish()))
+}
+
+/// Where the code of the program whose file has `digest` is cached.
+pub fn path(dir: &Path, digest: &str, engine: &str, kind: BinaryKind) -> PathBuf {
+    match kind {
+        BinaryKind::Module => dir.join(format!("{digest}-{engine}.cwasm")),
+        BinaryKind::Component => dir.join(format!("{digest}-{engine}.component.cwasm")),
+    }
+}
+
+/// Written under a unique name, synced, then renamed: monitors may compile
+/// the same program at once, and the init loads the file without checking it.
+pub fn store(data: &[u8], to: &Path) -> Result<(), String> {
+    let dir = to.parent().ok_or("no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, to));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        e.to_string()
+    })
+}
+
+/// Removes compiled code no engine of this binary loads (older cricket
+/// builds, or other settings), and leftovers of interrupted writes.
+fn prune(dir: &Path, key: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let ours = [format!("-{key}.cwasm"), format!("-{key}.component.cwasm")];
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !ours.iter().any(|suffix| name.ends_with(suffix.as_str())) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(file = %entry.path().display(), error = %e, "removing stale compiled wasm");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_engines_files_and_leftovers_go() {
+        let key = compute_key().unwrap();
+        assert_eq!(key.len(), 16);
+        assert_eq!(compute_key().unwrap(), key);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let module = path(d, "aa", &key, BinaryKind::Module);
+        let component = path(d, "bb", &key, BinaryKind::Component);
+        store(b"module", &module).unwrap();
+        store(b"component", &component).unwrap();
+        for stale in ["aa-0123456789abcdef.cwasm", "bb.component.cwasm", ".77.tmp"] {
+            std::fs::write(d.join(stale), b"x").unwrap();
+        }
+        prune(d, &key);
+        let mut left: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
+        left.sort();
+        assert_eq!(left, [module.clone(), component.clone()]);
+        assert_eq!(std::fs::read(&module).unwrap(), b"module");
+        // The missing directory of a fresh root is no error.
+        prune(&d.join("none"), &key);
+    }
+}
