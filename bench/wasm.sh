@@ -10,7 +10,9 @@
 #   cold   the module with an empty compile cache (root/wasm-cache removed
 #          first, untimed): the first start of the image, compiled by Cranelift;
 #   warm   the module again, its compiled code in the cache;
-# in turn (the order rotates every round, so load drift hits all alike).
+# linux and warm in turn (the order swaps every round, so load drift hits
+# both alike), then the cold runs on their own: the teardown of a process
+# that compiled a module would weigh on whatever runs next.
 # A run is `crictl create` + `crictl start` of a container with two args and
 # one env var; the program prints them and exits 0, which is checked (exit
 # code, and the log of the first run of each kind), then the container is
@@ -49,6 +51,7 @@ KEEP=${KEEP:-0}
 . "$HERE/lib.sh"
 
 KINDS=(linux cold warm)
+PAIRED=(linux warm) # timed in turn; cold runs after them
 METRICS=""       # cricket's metrics address
 RUN_DIR=""       # cricket's run dir: short, see main
 CACHE=""         # cricket's compile cache
@@ -140,11 +143,11 @@ check_log() {
 	fi
 }
 
-# round I: one run of each kind, the order rotated by I
+# round I: one run of linux and of warm, the order swapped every round
 round() {
-	local i=$1 k n=${#KINDS[@]}
-	for ((k = 0; k < n; k++)); do
-		run_one "${KINDS[(i + k) % n]}" "r$i-${KINDS[(i + k) % n]}" 1
+	local i=$1 k
+	for ((k = 0; k < 2; k++)); do
+		run_one "${PAIRED[(i + k) % 2]}" "r$i-${PAIRED[(i + k) % 2]}" 1
 	done
 }
 
@@ -191,11 +194,9 @@ summary() {
 	awk -v w="${med[warm]}" -v l="${med[linux]}" -v c="${med[cold]}" 'BEGIN {
 		printf "daemon side, medians: warm wasm / linux %.2f, cold wasm / linux %.2f\n", w / l, c / l }'
 	# The runs of a round follow each other: their differences shed most of the load's drift.
-	for kind in warm cold; do
-		read -r a b <<<"$(med_p90 "$(paste -d' ' <(tr ' ' '\n' <<<"${D_RUN[$kind]}" | sed '/^$/d') \
-			<(tr ' ' '\n' <<<"${D_RUN[linux]}" | sed '/^$/d') | awk '{ printf "%.3f ", ($1 - $2) / 1000 }')")"
-		printf 'daemon side, %s wasm minus linux of the same round: median %+.2f ms, p90 %+.2f ms\n' "$kind" "$a" "$b"
-	done
+	read -r a b <<<"$(med_p90 "$(paste -d' ' <(tr ' ' '\n' <<<"${D_RUN[warm]}" | sed '/^$/d') \
+		<(tr ' ' '\n' <<<"${D_RUN[linux]}" | sed '/^$/d') | awk '{ printf "%.3f ", ($1 - $2) / 1000 }')")"
+	printf 'daemon side, warm wasm minus linux of the same round: median %+.2f ms, p90 %+.2f ms\n' "$a" "$b"
 }
 
 # --- main -----------------------------------------------------------------------------------
@@ -238,8 +239,10 @@ main() {
 	for ((i = 1; i <= WARMUP; i++)); do
 		for kind in "${KINDS[@]}"; do run_one "$kind" "w$i-$kind" 0; done
 	done
-	log "$ROUNDS rounds of: ${KINDS[*]}"
+	log "$ROUNDS rounds of: ${PAIRED[*]}"
 	for ((i = 1; i <= ROUNDS; i++)); do round "$i"; done
+	log "$ROUNDS cold runs"
+	for ((i = 1; i <= ROUNDS; i++)); do run_one cold "r$i-cold" 1; done
 	log "compiled module in the cache: $(du -b "$CACHE"/*.cwasm | awk '{ print $1 }') bytes"
 	summary
 }

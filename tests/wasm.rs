@@ -543,6 +543,11 @@ async fn wasm_oci_artifacts_are_pulled_listed_and_run() {
     for pod in [&wasm_pod, &linux_pod] {
         d.remove_pod(pod).await.expect("RemovePodSandbox");
     }
+    // An image's compiled code goes with the image.
+    d.remove(&cli_id).await.expect("RemoveImage");
+    let left = names(&d.root.join("wasm-cache"));
+    let module_code = cached.iter().find(|n| !n.ends_with(".component.cwasm")).unwrap();
+    assert_eq!(left.into_iter().collect::<Vec<_>>(), [module_code.clone()]);
     assert!(d.helper_pids().is_empty(), "monitors or helpers left: {:?}", d.helper_pids());
     drop(d);
     net.finish();

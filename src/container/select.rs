@@ -66,7 +66,7 @@ impl Containers {
             return Ok(RuntimeKind::Oci { path, root: self.config.run.join("runtimes").join(name) });
         }
         if record.wasm.is_some() {
-            return self.wasm_kind(Some(crate::image::wasm::MODULE_PATH.into()));
+            return self.wasm_kind(record, Some(crate::image::wasm::MODULE_PATH.into()));
         }
         let annotations = spec.annotations().clone().unwrap_or_default();
         let default = if h.kind == HandlerKind::Wasm { None } else { Some(WasmChoice::Never) };
@@ -77,21 +77,21 @@ impl Containers {
             None => self.entrypoint_is_module(spec, rootfs).await?,
         };
         if wasm {
-            self.wasm_kind(None)
+            self.wasm_kind(record, None)
         } else {
             Ok(RuntimeKind::Linux)
         }
     }
 
     #[cfg(feature = "wasm")]
-    fn wasm_kind(&self, module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
+    fn wasm_kind(&self, record: &ImageRecord, module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
         let cache = self.config.root.join("wasm-cache");
         let engine = crate::wasm::cache::engine_key(&cache).map_err(ContainerError::Create)?.to_string();
-        Ok(RuntimeKind::Wasm { cache, engine, module })
+        Ok(RuntimeKind::Wasm { cache, engine, image: record.id.clone(), module })
     }
 
     #[cfg(not(feature = "wasm"))]
-    fn wasm_kind(&self, _module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
+    fn wasm_kind(&self, _record: &ImageRecord, _module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
         Err(ContainerError::Create("this cricket binary is built without WebAssembly support".into()))
     }
 

@@ -153,6 +153,11 @@ impl Images {
     pub async fn remove(&self, reference: &str) -> Result<(), ImageError> {
         if let Some(record) = self.find(reference)? {
             self.store.remove_image(&record.id).await?;
+            #[cfg(feature = "wasm")]
+            {
+                let (cache, id) = (self.config.root.join("wasm-cache"), record.id.clone());
+                let _ = tokio::task::spawn_blocking(move || crate::wasm::cache::forget_image(&cache, &id)).await;
+            }
             tracing::info!(image = %record.id, tags = ?record.repo_tags, "image removed");
         }
         Ok(())

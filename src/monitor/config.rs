@@ -51,6 +51,9 @@ pub enum RuntimeKind {
         /// The daemon's engine key, naming the compiled code it loads.
         #[serde(default)]
         engine: String,
+        /// The container's image ID, naming the compiled code of its programs.
+        #[serde(default)]
+        image: String,
         /// The binary's path in the rootfs when it isn't `process.args[0]`
         /// (a Wasm OCI artifact's, whatever the command says).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,11 +108,20 @@ mod tests {
         let wasm = format!(r#"{base},"runtime":{{"type":"wasm","cache":"/c"}}}}"#);
         let wasm: MonitorConfig = serde_json::from_str(&wasm).unwrap();
         // Records written before the engine key existed still read.
-        assert_eq!(wasm.runtime, RuntimeKind::Wasm { cache: "/c".into(), engine: String::new(), module: None });
-        let artifact =
-            format!(r#"{base},"runtime":{{"type":"wasm","cache":"/c","engine":"e","module":"/app.wasm"}}}}"#);
+        assert_eq!(
+            wasm.runtime,
+            RuntimeKind::Wasm { cache: "/c".into(), engine: String::new(), image: String::new(), module: None }
+        );
+        let artifact = format!(
+            r#"{base},"runtime":{{"type":"wasm","cache":"/c","engine":"e","image":"i","module":"/app.wasm"}}}}"#
+        );
         let artifact: MonitorConfig = serde_json::from_str(&artifact).unwrap();
-        let expected = RuntimeKind::Wasm { cache: "/c".into(), engine: "e".into(), module: Some("/app.wasm".into()) };
+        let expected = RuntimeKind::Wasm {
+            cache: "/c".into(),
+            engine: "e".into(),
+            image: "i".into(),
+            module: Some("/app.wasm".into()),
+        };
         assert_eq!(artifact.runtime, expected);
     }
 

@@ -88,8 +88,8 @@ fn wasm_loader(
     cfg: &MonitorConfig,
     spec: &oci_spec::runtime::Spec,
 ) -> Result<Option<Box<dyn InProcess>>, MonitorError> {
-    let RuntimeKind::Wasm { cache, engine, module } = &cfg.runtime else { return Ok(None) };
-    let prepared = crate::wasm::run::Prepared::prepare(&cfg.bundle, spec, cache, engine, module.as_deref())
+    let RuntimeKind::Wasm { cache, engine, image, module } = &cfg.runtime else { return Ok(None) };
+    let prepared = crate::wasm::run::Prepared::prepare(&cfg.bundle, spec, cache, engine, image, module.as_deref())
         .map_err(|e| MonitorError::Create(e.to_string()))?;
     Ok(Some(Box::new(prepared)))
 }

@@ -1,14 +1,18 @@
 //! The cache of compiled code, `root/wasm-cache`: one file per program and
-//! engine, `<sha256 of the file>-<engine>.cwasm` (`.component.cwasm` for
-//! components), where `<engine>` names the wasmtime build and settings that
-//! can load it. An upgraded cricket thus never meets code it can't load,
-//! and the daemon drops other engines' files the first time it needs the key.
+//! engine, `<image>-<path>-<engine>.cwasm` (`.component.cwasm` for
+//! components). `<image>` is the image ID, whose layers fix the content of
+//! every file in the rootfs, and `<path>` a hash of the program's path in
+//! it: a start finds its code without reading the program. `<engine>` names
+//! the wasmtime build and settings that can load it: an upgraded cricket
+//! never meets code it can't load, and the daemon drops other engines'
+//! files the first time it needs the key. Removing an image removes its code.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine};
 
 use crate::image::wasm::BinaryKind;
@@ -41,11 +45,36 @@ fn compute_key() -> Result<String, String> {
     Ok(format!("{:016x}", hasher.finish()))
 }
 
-/// Where the code of the program whose file has `digest` is cached.
-pub fn path(dir: &Path, digest: &str, engine: &str, kind: BinaryKind) -> PathBuf {
+/// Where the code of the program at `program` (its path in the rootfs) of `image` is cached.
+pub fn path(dir: &Path, image: &str, program: &Path, engine: &str, kind: BinaryKind) -> PathBuf {
+    let digest = Sha256::digest(program.as_os_str().as_encoded_bytes());
+    let name = format!("{}-{}-{engine}", image_part(image), hex::encode(&digest[..8]));
     match kind {
-        BinaryKind::Module => dir.join(format!("{digest}-{engine}.cwasm")),
-        BinaryKind::Component => dir.join(format!("{digest}-{engine}.component.cwasm")),
+        BinaryKind::Module => dir.join(format!("{name}.cwasm")),
+        BinaryKind::Component => dir.join(format!("{name}.component.cwasm")),
+    }
+}
+
+/// Removes the compiled code of `image`'s programs.
+pub fn forget_image(dir: &Path, image: &str) {
+    let prefix = format!("{}-", image_part(image));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(file = %entry.path().display(), error = %e, "removing compiled wasm");
+            }
+        }
+    }
+}
+
+/// The image ID's hex digest, or a digest of it when it is something else.
+fn image_part(image: &str) -> String {
+    let hex = image.strip_prefix("sha256:").unwrap_or(image);
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex.to_ascii_lowercase()
+    } else {
+        hex::encode(Sha256::digest(image.as_bytes()))
     }
 }
 
@@ -90,8 +119,8 @@ mod tests {
         assert_eq!(compute_key().unwrap(), key);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let module = path(d, "aa", &key, BinaryKind::Module);
-        let component = path(d, "bb", &key, BinaryKind::Component);
+        let module = path(d, "sha256:aa", Path::new("/app.wasm"), &key, BinaryKind::Module);
+        let component = path(d, "sha256:bb", Path::new("/app.wasm"), &key, BinaryKind::Component);
         store(b"module", &module).unwrap();
         store(b"component", &component).unwrap();
         for stale in ["aa-0123456789abcdef.cwasm", "bb.component.cwasm", ".77.tmp"] {
@@ -100,9 +129,28 @@ mod tests {
         prune(d, &key);
         let mut left: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
         left.sort();
-        assert_eq!(left, [module.clone(), component.clone()]);
+        let mut ours = [module.clone(), component.clone()];
+        ours.sort();
+        assert_eq!(left, ours);
         assert_eq!(std::fs::read(&module).unwrap(), b"module");
         // The missing directory of a fresh root is no error.
         prune(&d.join("none"), &key);
+    }
+
+    #[test]
+    fn code_is_named_by_image_and_path_and_goes_with_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let image = format!("sha256:{}", "ab".repeat(32));
+        let a = path(d, &image, Path::new("/a.wasm"), "e", BinaryKind::Module);
+        let b = path(d, &image, Path::new("/b.wasm"), "e", BinaryKind::Component);
+        let other = path(d, "sha256:other", Path::new("/a.wasm"), "e", BinaryKind::Module);
+        assert!(a.file_name().unwrap().to_str().unwrap().starts_with(&"ab".repeat(32)), "{a:?}");
+        assert_ne!(a.file_name(), other.file_name());
+        for p in [&a, &b, &other] {
+            store(b"x", p).unwrap();
+        }
+        forget_image(d, &image);
+        assert!(!a.exists() && !b.exists() && other.exists());
     }
 }

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Spec;
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store, Trap, TypedFunc};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -65,10 +64,16 @@ enum Code {
 
 /// Where the init gets the compiled program.
 enum Source {
-    /// The cache's file (the common case): the init maps it.
-    Cached(PathBuf, BinaryKind),
+    /// The cache's file (the common case): the init maps it, and reads the
+    /// program itself (host path) to see whether it has a start function.
+    Cached { code: PathBuf, kind: BinaryKind, program: PathBuf },
     /// Compiled by the monitor just now: the init inherits it.
-    Built(Engine, Code),
+    Built {
+        engine: Engine,
+        code: Code,
+        /// Instantiating it runs none of its code, so the init does that before the start.
+        early: bool,
+    },
 }
 
 /// A program found and compiled, ready for the init to load.
@@ -76,19 +81,19 @@ pub struct Prepared {
     source: Source,
     /// The core module's export to call.
     func: String,
-    /// Instantiating it runs none of its code, so the init does that before the start.
-    early: bool,
 }
 
 impl Prepared {
     /// Finds `module` (a path in the rootfs), or else the spec's entrypoint,
-    /// in the bundle's rootfs, and compiles it unless `cache` holds its code
-    /// for `engine` (the key of `cache::engine_key`). Cache trouble only warns.
+    /// in the bundle's rootfs (of the image whose ID is `image`), and
+    /// compiles it unless `cache` holds its code for `engine` (the key of
+    /// `cache::engine_key`). Cache trouble only warns.
     pub fn prepare(
         bundle: &Path,
         spec: &Spec,
         cache: &Path,
         engine: &str,
+        image: &str,
         module: Option<&Path>,
     ) -> Result<Prepared, LoadError> {
         let rel = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
@@ -106,20 +111,14 @@ impl Prepared {
             None => spec.process().as_ref().and_then(|p| p.args().as_ref()?.first().cloned()).unwrap_or_default(),
         };
         let path = file.display().to_string();
-        let bytes = std::fs::read(&file).map_err(|source| LoadError::Read { path: path.clone(), source })?;
         let func = detect::entry_func(spec).map(str::to_string);
-        let digest = hex::encode(Sha256::digest(&bytes));
-        let cached = |kind| cache::path(cache, &digest, engine, kind);
-        // A binary says what it is; text may be either until parsed, which a cache hit saves.
-        let kinds = match binary_kind(&bytes) {
-            Some(kind) => vec![kind],
-            None => vec![BinaryKind::Module, BinaryKind::Component],
-        };
-        if let Some(kind) = kinds.into_iter().find(|kind| cached(*kind).is_file()) {
-            // Text isn't parsed again to look for a start function: it instantiates after the start.
-            let early = binary_kind(&bytes).is_some() && !runs_code_when_instantiated(&bytes);
-            return Prepared::new(Source::Cached(cached(kind), kind), func, early, name);
+        let inside = Path::new("/").join(file.strip_prefix(&root).unwrap_or(&file));
+        let cached = |kind| cache::path(cache, image, &inside, engine, kind);
+        let hit = [BinaryKind::Module, BinaryKind::Component].into_iter().find(|kind| cached(*kind).is_file());
+        if let Some(kind) = hit {
+            return Prepared::new(Source::Cached { code: cached(kind), kind, program: file }, func, name);
         }
+        let bytes = std::fs::read(&file).map_err(|source| LoadError::Read { path: path.clone(), source })?;
         let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
         let binary = match binary_kind(&bytes) {
             Some(_) => bytes,
@@ -143,25 +142,25 @@ impl Prepared {
             eprintln!("cricket: warning: caching the compiled {path}: {e}");
         }
         let early = !runs_code_when_instantiated(&binary);
-        Prepared::new(Source::Built(engine_now, code), func, early, name)
+        Prepared::new(Source::Built { engine: engine_now, code, early }, func, name)
     }
 
-    fn new(source: Source, func: Option<String>, early: bool, name: String) -> Result<Prepared, LoadError> {
+    fn new(source: Source, func: Option<String>, name: String) -> Result<Prepared, LoadError> {
         let component = match &source {
-            Source::Cached(_, kind) => *kind == BinaryKind::Component,
-            Source::Built(_, code) => matches!(code, Code::Component(_)),
+            Source::Cached { kind, .. } => *kind == BinaryKind::Component,
+            Source::Built { code, .. } => matches!(code, Code::Component(_)),
         };
         match func {
             Some(func) if component => Err(LoadError::ComponentFunc { path: name, func }),
-            func => Ok(Prepared { source, func: func.unwrap_or_else(|| "_start".to_string()), early }),
+            func => Ok(Prepared { source, func: func.unwrap_or_else(|| "_start".to_string()) }),
         }
     }
 
     /// On the init's loading thread: the engine and code, linked against WASI.
     fn load(&self, opened: Opened, args: Vec<String>, env: Vec<String>) -> Result<Program, LoadError> {
-        let (engine, code) = match opened {
-            Opened::Built(engine, code) => (engine, code),
-            Opened::File(file, kind, path) => {
+        let (engine, code, early) = match opened {
+            Opened::Built { engine, code, early } => (engine, code, early),
+            Opened::Files { code: file, kind, path, program } => {
                 let engine = Engine::new(&cache::engine_config()).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
                 let cached = |e: wasmtime::Error| LoadError::Cached { path: path.clone(), reason: format!("{e:#}") };
                 // SAFETY: the cache is written only by cricket, under its root dir, synced before
@@ -175,7 +174,10 @@ impl Prepared {
                         .map(Code::Component),
                 }
                 .map_err(cached)?;
-                (engine, code)
+                // Text isn't parsed again to look for a start function: it instantiates after the start.
+                let early = read_all(program)
+                    .is_ok_and(|bytes| binary_kind(&bytes).is_some() && !runs_code_when_instantiated(&bytes));
+                (engine, code, early)
             }
         };
         let path = args.first().cloned().unwrap_or_default();
@@ -207,7 +209,7 @@ impl Prepared {
                 Linked::Component { store, pre, command: None }
             }
         };
-        if self.early {
+        if early {
             linked.instantiate().map_err(invalid)?;
         }
         Ok(Program { engine, path, args, env, linked })
@@ -222,17 +224,24 @@ fn read_all(mut file: std::fs::File) -> wasmtime::Result<Vec<u8>> {
 
 /// What the init's main thread opens for the loading thread, while the host's files are in reach.
 enum Opened {
-    File(std::fs::File, BinaryKind, String),
-    Built(Engine, Code),
+    Files { code: std::fs::File, kind: BinaryKind, path: String, program: std::fs::File },
+    Built { engine: Engine, code: Code, early: bool },
 }
 
 impl InProcess for Prepared {
     fn begin(&self, args: &[String], env: &[String]) -> LoadJob<'_> {
         let opened = match &self.source {
-            Source::Cached(path, kind) => std::fs::File::open(path)
-                .map(|f| Opened::File(f, *kind, path.display().to_string()))
-                .map_err(|e| LoadError::Cached { path: path.display().to_string(), reason: e.to_string() }),
-            Source::Built(engine, code) => Ok(Opened::Built(engine.clone(), code.clone())),
+            Source::Cached { code, kind, program } => {
+                let path = code.display().to_string();
+                let code = std::fs::File::open(code)
+                    .map_err(|e| LoadError::Cached { path: path.clone(), reason: e.to_string() });
+                let program = std::fs::File::open(program)
+                    .map_err(|source| LoadError::Read { path: program.display().to_string(), source });
+                code.and_then(|code| Ok(Opened::Files { code, kind: *kind, path, program: program? }))
+            }
+            Source::Built { engine, code, early } => {
+                Ok(Opened::Built { engine: engine.clone(), code: code.clone(), early: *early })
+            }
         };
         let (args, env) = (args.to_vec(), env.to_vec());
         Box::new(move || {
@@ -444,14 +453,20 @@ mod tests {
         SpecBuilder::default().process(process).root(root).build().unwrap()
     }
 
-    /// What the monitor and then the init do, in this process: the exit code or the failure.
-    fn run_args(bundle: &Path, args: &[&str], cache: &Path, module: Option<&Path>) -> Result<i32, String> {
+    /// What the monitor and then the init do before the start, in this process.
+    fn load(bundle: &Path, args: &[&str], cache: &Path, module: Option<&Path>) -> Result<Box<dyn Loaded>, String> {
         let spec = spec(bundle, args);
-        let prepared = Prepared::prepare(bundle, &spec, cache, "test", module).map_err(|e| e.to_string())?;
+        let prepared =
+            Prepared::prepare(bundle, &spec, cache, "test", "sha256:img", module).map_err(|e| e.to_string())?;
         let args: Vec<String> = spec.process().as_ref().unwrap().args().clone().unwrap();
         let mut loaded = prepared.begin(&args, &[])().map_err(|f| f.message)?;
         loaded.settle().map_err(|f| f.message)?;
-        Ok(loaded.run())
+        Ok(loaded)
+    }
+
+    /// The exit code, or what failed before the start.
+    fn run_args(bundle: &Path, args: &[&str], cache: &Path, module: Option<&Path>) -> Result<i32, String> {
+        Ok(load(bundle, args, cache, module)?.run())
     }
 
     fn run(bundle: &Path, arg0: &str, cache: &Path, module: Option<&Path>) -> Result<i32, String> {
@@ -509,24 +524,47 @@ mod tests {
   (start $early)
   (func (export "_start") (call $exit (i32.const 1))))"#;
 
+    /// Its data doesn't fit its memory: instantiation fails, with `start` after the start section.
+    fn misfit(start: &str) -> String {
+        format!(
+            r#"(module (memory (export "memory") 1) (data (i32.const 65535) "ab") (func $f) {start}
+  (func (export "_start")))"#
+        )
+    }
+
     #[test]
     fn instantiated_early_only_without_a_start_function() {
+        let (misfit_wat, misfit_start) = (misfit(""), wat::parse_str(misfit("(start $f)")).unwrap());
         let argc = wat::parse_str(ARGC).unwrap();
-        let starts = wat::parse_str(STARTS).unwrap();
-        let b = bundle(&[("argc.wasm", &argc), ("starts.wasm", &starts), ("argc.wat", ARGC.as_bytes())]);
+        let files: [(&str, &[u8]); 6] = [
+            ("argc.wasm", &argc),
+            ("starts.wasm", &wat::parse_str(STARTS).unwrap()),
+            ("misfit.wasm", &wat::parse_str(&misfit_wat).unwrap()),
+            ("misfit.wat", misfit_wat.as_bytes()),
+            ("misfit-start.wasm", &misfit_start),
+            ("argc.wat", ARGC.as_bytes()),
+        ];
+        let b = bundle(&files);
         let cache = b.path().join("cache");
-        let prepare = |arg0: &str| Prepared::prepare(b.path(), &spec(b.path(), &[arg0]), &cache, "test", None).unwrap();
-        // Compiled, then cached: early both times, and the program sees the context given by `settle`.
+        let early_failure = |arg0: &str| load(b.path(), &[arg0], &cache, None).err();
+        // Instantiated while the container is set up (a failure shows before the start),
+        // when compiled and when cached.
         for _ in 0..2 {
-            assert!(prepare("/argc.wasm").early);
+            let err = early_failure("/misfit.wasm").expect("instantiated early");
+            assert!(err.contains("/misfit.wasm") && err.contains("out of bounds"), "{err}");
+            // And the program sees the context `settle` gave it.
             assert_eq!(run_args(b.path(), &["/argc.wasm", "x", "y"], &cache, None).unwrap(), 3);
         }
-        // Text is scanned only when compiled.
-        assert!(prepare("/argc.wat").early);
-        assert!(!prepare("/argc.wat").early);
+        // Text is read for a start function only when it is compiled.
+        assert!(early_failure("/misfit.wat").is_some());
+        assert!(early_failure("/misfit.wat").is_none());
+        assert_eq!(run(b.path(), "/misfit.wat", &cache, None).unwrap(), 1);
         assert_eq!(run_args(b.path(), &["/argc.wat", "x"], &cache, None).unwrap(), 2);
-        // A start function is the program's code: it runs at the start, and its exit is the program's.
-        assert!(!prepare("/starts.wasm").early);
-        assert_eq!(run(b.path(), "/starts.wasm", &cache, None).unwrap(), 6);
+        // A start function is the program's code: it runs after the start, its exit or trap the program's.
+        for _ in 0..2 {
+            assert!(early_failure("/misfit-start.wasm").is_none());
+            assert_eq!(run(b.path(), "/misfit-start.wasm", &cache, None).unwrap(), 1);
+            assert_eq!(run(b.path(), "/starts.wasm", &cache, None).unwrap(), 6);
+        }
     }
 }
