@@ -272,6 +272,16 @@ impl Fixture {
         self.d.runtime().await.container_status(req).await.expect("ContainerStatus").into_inner().status.unwrap()
     }
 
+    /// The names of the container init's threads.
+    async fn init_threads(&self, id: &str) -> Vec<String> {
+        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: true };
+        let resp = self.d.runtime().await.container_status(req).await.expect("ContainerStatus").into_inner();
+        let info: serde_json::Value = serde_json::from_str(&resp.info["info"]).unwrap();
+        let pid = info["pid"].as_i64().expect("pid");
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        tasks.map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap().trim().to_string()).collect()
+    }
+
     async fn wait_exit(&self, id: &str) -> cri::ContainerStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -345,6 +355,17 @@ async fn binary_module_refuses_exec_and_stops_on_sigterm() {
     let f = Fixture::new().await;
     let (pod, pc) = f.pod("spin").await;
     let id = f.run(&pod, &pc, f.container("spin", &["/spin.wasm"], &[])).await;
+    // The program's thread (WASI's host calls included) and one awaiting stop
+    // signals, made as the program starts; none per CPU of the node.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let threads = loop {
+        let threads = f.init_threads(&id).await;
+        if threads.len() >= 2 || Instant::now() > deadline {
+            break threads;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(threads.len(), 2, "{threads:?}");
     let err = f.exec(&id, &["/bin/true"]).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("WebAssembly"), "{err:?}");
@@ -547,7 +568,7 @@ async fn wasm_oci_artifacts_are_pulled_listed_and_run() {
     d.remove(&cli_id).await.expect("RemoveImage");
     let left = names(&d.root.join("wasm-cache"));
     let module_code = cached.iter().find(|n| !n.ends_with(".component.cwasm")).unwrap();
-    assert_eq!(left.into_iter().collect::<Vec<_>>(), [module_code.clone()]);
+    assert_eq!(left.into_iter().collect::<Vec<_>>(), std::slice::from_ref(module_code));
     assert!(d.helper_pids().is_empty(), "monitors or helpers left: {:?}", d.helper_pids());
     drop(d);
     net.finish();

@@ -22,7 +22,7 @@ use oci_spec::runtime::Spec;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store, Trap, TypedFunc};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::bindings::sync::{Command, CommandPre};
+use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::cache;
@@ -183,6 +183,12 @@ impl Prepared {
         let path = args.first().cloned().unwrap_or_default();
         let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.clone(), reason: format!("{e:#}") };
         let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        // Host calls are async, driven on the program's own thread: no runtime
+        // threads (wasmtime-wasi's sync calls would make one per CPU of the node).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LoadError::Engine(format!("starting the WASI runtime: {e}")))?;
         let mut linked = match code {
             Code::Module(module) => {
                 let entry = module.get_export(&self.func).and_then(|e| e.func().cloned());
@@ -191,7 +197,7 @@ impl Prepared {
                     return Err(LoadError::Invalid { path, reason });
                 }
                 let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx).map_err(engine_err)?;
+                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |cx| cx).map_err(engine_err)?;
                 let pre = linker.instantiate_pre(&module).map_err(invalid)?;
                 // A stand-in context until `settle`: instantiating calls no host function
                 // (if it runs a start function, that happens after `settle`).
@@ -201,7 +207,7 @@ impl Prepared {
             }
             Code::Component(component) => {
                 let mut linker = wasmtime::component::Linker::<Host>::new(&engine);
-                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
                 let pre = linker.instantiate_pre(&component).and_then(CommandPre::new).map_err(invalid)?;
                 let host = Host { ctx: WasiCtxBuilder::new().build(), table: ResourceTable::new() };
                 let mut store = Store::new(&engine, host);
@@ -210,9 +216,9 @@ impl Prepared {
             }
         };
         if early {
-            linked.instantiate().map_err(invalid)?;
+            runtime.block_on(linked.instantiate()).map_err(invalid)?;
         }
-        Ok(Program { engine, path, args, env, linked })
+        Ok(Program { engine, path, args, env, linked, runtime })
     }
 }
 
@@ -264,6 +270,7 @@ struct Program {
     args: Vec<String>,
     env: Vec<String>,
     linked: Linked,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Loaded for Program {
@@ -279,8 +286,8 @@ impl Loaded for Program {
     }
 
     fn run(self: Box<Self>) -> i32 {
-        let Program { engine, path, linked, .. } = *self;
-        exit_code(&path, engine, linked.into_run())
+        let Program { engine, path, linked, runtime, .. } = *self;
+        exit_code(&path, engine, Box::new(move || runtime.block_on(linked.run())))
     }
 }
 
@@ -292,43 +299,43 @@ enum Linked {
 
 impl Linked {
     /// Instantiates the program now.
-    fn instantiate(&mut self) -> wasmtime::Result<()> {
+    async fn instantiate(&mut self) -> wasmtime::Result<()> {
         match self {
-            Linked::Module { store, pre, func, entry } => *entry = Some(module_entry(pre, store, func)?),
-            Linked::Component { store, pre, command } => *command = Some(pre.instantiate(&mut *store)?),
+            Linked::Module { store, pre, func, entry } => *entry = Some(module_entry(pre, store, func).await?),
+            Linked::Component { store, pre, command } => *command = Some(pre.instantiate_async(&mut *store).await?),
         }
         Ok(())
     }
 
     /// Calls the program's entry, instantiating it first unless done: a
     /// start function is the program's own code, its exit or trap the program's.
-    fn into_run(self) -> Run {
+    async fn run(self) -> wasmtime::Result<i32> {
         match self {
-            Linked::Module { mut store, pre, func, entry } => Box::new(move || {
+            Linked::Module { mut store, pre, func, entry } => {
                 let entry = match entry {
                     Some(entry) => entry,
-                    None => module_entry(&pre, &mut store, &func)?,
+                    None => module_entry(&pre, &mut store, &func).await?,
                 };
-                entry.call(&mut store, ()).map(|()| 0)
-            }),
-            Linked::Component { mut store, pre, command } => Box::new(move || {
+                entry.call_async(&mut store, ()).await.map(|()| 0)
+            }
+            Linked::Component { mut store, pre, command } => {
                 let command = match command {
                     Some(command) => command,
-                    None => pre.instantiate(&mut store)?,
+                    None => pre.instantiate_async(&mut store).await?,
                 };
-                let ok = command.wasi_cli_run().call_run(&mut store)?;
+                let ok = command.wasi_cli_run().call_run(&mut store).await?;
                 Ok(if ok.is_ok() { 0 } else { 1 })
-            }),
+            }
         }
     }
 }
 
-fn module_entry(
+async fn module_entry(
     pre: &InstancePre<WasiP1Ctx>,
     store: &mut Store<WasiP1Ctx>,
     func: &str,
 ) -> wasmtime::Result<TypedFunc<(), ()>> {
-    let instance = pre.instantiate(&mut *store)?;
+    let instance = pre.instantiate_async(&mut *store).await?;
     instance.get_typed_func::<(), ()>(store, func)
 }
 
@@ -381,7 +388,8 @@ fn exit_code(path: &str, engine: Engine, run: Run) -> i32 {
 fn wasi_ctx(args: &[String], env: &[String], network: bool) -> Result<WasiCtxBuilder, LoadError> {
     let vars: Vec<(&str, &str)> = env.iter().map(|e| e.split_once('=').unwrap_or((e, ""))).collect();
     let mut builder = WasiCtxBuilder::new();
-    builder.inherit_stdio().args(args).envs(&vars);
+    // A container runs one program on one thread: its file I/O may block that thread.
+    builder.inherit_stdio().args(args).envs(&vars).allow_blocking_current_thread(true);
     if network {
         builder.inherit_network().allow_ip_name_lookup(true);
     }
