@@ -102,10 +102,16 @@ impl Containers {
         spec: &oci_spec::runtime::Spec,
         rootfs: &std::path::Path,
     ) -> Result<bool, ContainerError> {
-        let (spec, rootfs) = (spec.clone(), rootfs.to_path_buf());
-        tokio::task::spawn_blocking(move || crate::wasm::detect::entrypoint_is_module(&rootfs, &spec))
-            .await
-            .map_err(|e| ContainerError::Create(e.to_string()))
+        use crate::wasm::detect::{parses_as_wat, sniff_entrypoint, Sniffed};
+        // A few lookups and a 4-byte read in a rootfs just mounted, done here;
+        // parsing text is work for the blocking pool.
+        match sniff_entrypoint(rootfs, spec) {
+            Sniffed::Module => Ok(true),
+            Sniffed::NotModule => Ok(false),
+            Sniffed::Text(path) => tokio::task::spawn_blocking(move || parses_as_wat(&path))
+                .await
+                .map_err(|e| ContainerError::Create(e.to_string())),
+        }
     }
 
     #[cfg(not(feature = "wasm"))]

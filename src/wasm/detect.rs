@@ -15,8 +15,40 @@ const MAX_WAT: u64 = 64 << 20;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The spec's entrypoint is a binary module or component (`\0asm`) or a `.wat` file that parses.
+#[cfg(test)]
 pub fn entrypoint_is_module(root: &Path, spec: &Spec) -> bool {
-    entrypoint(root, spec).is_some_and(|p| is_module(&p))
+    match sniff_entrypoint(root, spec) {
+        Sniffed::Module => true,
+        Sniffed::NotModule => false,
+        Sniffed::Text(path) => parses_as_wat(&path),
+    }
+}
+
+/// What the entrypoint's first bytes tell.
+pub enum Sniffed {
+    /// A binary module or component.
+    Module,
+    NotModule,
+    /// A `.wat` file: a module or component only if it parses.
+    Text(PathBuf),
+}
+
+/// Opens the entrypoint and reads its magic; cheap, unlike parsing text.
+pub fn sniff_entrypoint(root: &Path, spec: &Spec) -> Sniffed {
+    let Some(path) = entrypoint(root, spec) else { return Sniffed::NotModule };
+    let Ok(mut file) = std::fs::File::open(&path) else { return Sniffed::NotModule };
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_ok() && &magic == WASM_MAGIC {
+        return Sniffed::Module;
+    }
+    if path.extension().is_none_or(|e| e != "wat") || file.metadata().map_or(true, |m| m.len() > MAX_WAT) {
+        return Sniffed::NotModule;
+    }
+    Sniffed::Text(path)
+}
+
+pub fn parses_as_wat(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| wat::parse_str(text).is_ok())
 }
 
 /// `process.args[0]` split as runwasi and crun read it: `path#func` names the
@@ -83,18 +115,6 @@ pub fn runs_code_when_instantiated(mut wasm: &[u8]) -> bool {
             _ => {}
         }
     }
-}
-
-fn is_module(path: &Path) -> bool {
-    let Ok(mut file) = std::fs::File::open(path) else { return false };
-    let mut magic = [0u8; 4];
-    if file.read_exact(&mut magic).is_ok() && &magic == WASM_MAGIC {
-        return true;
-    }
-    if path.extension().is_none_or(|e| e != "wat") || file.metadata().map_or(true, |m| m.len() > MAX_WAT) {
-        return false;
-    }
-    std::fs::read_to_string(path).is_ok_and(|text| wat::parse_str(text).is_ok())
 }
 
 #[cfg(test)]

@@ -287,7 +287,16 @@ impl Loaded for Program {
 
     fn run(self: Box<Self>) -> i32 {
         let Program { engine, path, linked, runtime, .. } = *self;
-        exit_code(&path, engine, Box::new(move || runtime.block_on(linked.run())))
+        exit_code(
+            &path,
+            engine,
+            Box::new(move || {
+                let result = runtime.block_on(linked.run());
+                // The init exits next, its memory with it: freeing first would only take time.
+                std::mem::forget(runtime);
+                result
+            }),
+        )
     }
 }
 
@@ -309,6 +318,7 @@ impl Linked {
 
     /// Calls the program's entry, instantiating it first unless done: a
     /// start function is the program's own code, its exit or trap the program's.
+    /// The store is left to the process's exit, as in `Program::run`.
     async fn run(self) -> wasmtime::Result<i32> {
         match self {
             Linked::Module { mut store, pre, func, entry } => {
@@ -316,15 +326,18 @@ impl Linked {
                     Some(entry) => entry,
                     None => module_entry(&pre, &mut store, &func).await?,
                 };
-                entry.call_async(&mut store, ()).await.map(|()| 0)
+                let result = entry.call_async(&mut store, ()).await.map(|()| 0);
+                std::mem::forget(store);
+                result
             }
             Linked::Component { mut store, pre, command } => {
                 let command = match command {
                     Some(command) => command,
                     None => pre.instantiate_async(&mut store).await?,
                 };
-                let ok = command.wasi_cli_run().call_run(&mut store).await?;
-                Ok(if ok.is_ok() { 0 } else { 1 })
+                let result = command.wasi_cli_run().call_run(&mut store).await;
+                std::mem::forget(store);
+                Ok(if result?.is_ok() { 0 } else { 1 })
             }
         }
     }
