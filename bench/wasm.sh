@@ -30,6 +30,8 @@
 # Environment:
 #   ROUNDS=20         timed runs per kind
 #   WARMUP=2          untimed runs per kind first
+#   PAUSE=0.05        seconds of quiet before each run: the previous run's
+#                     teardown (its processes and mounts going) is not timed
 #   CRICKET_BIN=...   use this binary instead of `cargo build --release`
 #   CRICKET_LOG=...   cricket's [log] level (default "info")
 #   BENCH_TMP=/var/tmp  where the temp dir goes
@@ -43,6 +45,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 ROUNDS=${ROUNDS:-20}
 WARMUP=${WARMUP:-2}
+PAUSE=${PAUSE:-0.05}
 CRICKET_LOG=${CRICKET_LOG:-info}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 KEEP=${KEEP:-0}
@@ -111,6 +114,7 @@ run_one() {
 	local kind=$1 name=$2 timed=$3 cfg id t0 code c0 s0 c1 s1
 	cfg=$(ctr_config "$name" "${IMG[$kind]}")
 	[ "$kind" = cold ] && rm -rf "$CACHE"
+	sleep "$PAUSE"
 	read -r c0 s0 <<<"$(cricket_rpc_secs_each CreateContainer StartContainer)"
 	t0=$EPOCHREALTIME
 	id=$(cri cricket create --no-pull "${POD[$kind]}" "$cfg" "${PODCFG[$kind]}")
@@ -206,6 +210,7 @@ main() {
 	local v
 	[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 	[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer"
+	[[ $PAUSE =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "PAUSE must be a number of seconds"
 	install_missing gcc=gcc /usr/include/stdio.h=libc6-dev clang=clang wasm-ld=lld \
 		/usr/include/wasm32-wasi/stdio.h=wasi-libc \
 		"$(echo /usr/lib/llvm-14/lib/clang/*/lib/wasi)/libclang_rt.builtins-wasm32.a=libclang-rt-14-dev-wasm32"
