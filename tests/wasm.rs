@@ -162,11 +162,20 @@ const TWO_ENTRIES_WAT: &str = r#"(module
 /// Parses, but needs an import WASI doesn't have.
 const UNLINKABLE_WAT: &str = r#"(module (import "env" "missing" (func)) (func (export "_start")))"#;
 
-/// Spins in wasm code until stopped.
+/// Prints "spinning" (a WASI call), then spins in wasm code until stopped.
 const SPIN_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
-  (func (export "_start") (loop $forever (br $forever))))
+  (data (i32.const 16) "spinning\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 9))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (loop $forever (br $forever))))
 "#;
+
+/// Traps: wasmtime's fault handlers must be in place in the init.
+const TRAP_WAT: &str = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
 
 struct Fixture {
     _registry: Registry,
@@ -184,6 +193,7 @@ impl Fixture {
         let app = Tar::new()
             .file("app.wat", 0o644, APP_WAT.as_bytes())
             .file("spin.wasm", 0o644, &spin)
+            .file("trap.wasm", 0o644, &wat::parse_str(TRAP_WAT).unwrap())
             .file("unlinkable.wat", 0o644, UNLINKABLE_WAT.as_bytes())
             .file("cli.wasm", 0o644, &wat::parse_str(CLI_COMPONENT_WAT).unwrap())
             .file("two.wat", 0o644, TWO_ENTRIES_WAT.as_bytes())
@@ -346,6 +356,8 @@ async fn wasi_module_and_linux_binary_share_a_wasm_pod() {
     assert_eq!(cached.len(), 1, "{cached:?}");
     let again = f.run(&pod, &pc, f.container("again", &[], &[])).await;
     assert_eq!(f.wait_exit(&again).await.exit_code, 99, "no volume this time: path_open fails");
+    let lines = f.log("wasm", "again");
+    assert!(lines[0] == "stdout F /app.wat" && !lines.contains(&"stdout F one".into()), "{lines:#?}");
     assert_eq!(names(&cache), cached);
     f.finish(&[&pod]).await;
 }
@@ -355,16 +367,15 @@ async fn binary_module_refuses_exec_and_stops_on_sigterm() {
     let f = Fixture::new().await;
     let (pod, pc) = f.pod("spin").await;
     let id = f.run(&pod, &pc, f.container("spin", &["/spin.wasm"], &[])).await;
-    // The program's thread (WASI's host calls included) and one awaiting stop
-    // signals, made as the program starts; none per CPU of the node.
+    // Once it made a WASI call: the program's thread (host calls included) and
+    // one awaiting stop signals; none per CPU of the node.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let threads = loop {
-        let threads = f.init_threads(&id).await;
-        if threads.len() >= 2 || Instant::now() > deadline {
-            break threads;
-        }
+    let spin_log = f.logs.path().join("spin").join("spin.log");
+    while !std::fs::read_to_string(&spin_log).unwrap_or_default().contains("stdout F spinning") {
+        assert!(Instant::now() < deadline, "no output from spin.wasm");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
+    let threads = f.init_threads(&id).await;
     assert_eq!(threads.len(), 2, "{threads:?}");
     let err = f.exec(&id, &["/bin/true"]).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -378,6 +389,15 @@ async fn binary_module_refuses_exec_and_stops_on_sigterm() {
     let err = f.start(&bad).await.unwrap_err();
     assert!(err.message().contains("/unlinkable.wat") && err.message().contains("missing"), "{err:?}");
     assert_eq!(f.wait_exit(&bad).await.reason, "StartError");
+
+    // A trap ends the program with 1 and a message, compiled just now or loaded from the cache.
+    for name in ["trap1", "trap2"] {
+        let trap = f.run(&pod, &pc, f.container(name, &["/trap.wasm"], &[])).await;
+        assert_eq!(f.wait_exit(&trap).await.exit_code, 1);
+        let lines = f.log("spin", name);
+        assert!(lines[0].contains("module /trap.wasm failed"), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("wasm trap: wasm `unreachable`")), "{lines:#?}");
+    }
 
     let started = Instant::now();
     let req = cri::StopContainerRequest { container_id: id.clone(), timeout: 30 };

@@ -66,7 +66,7 @@ impl Containers {
             return Ok(RuntimeKind::Oci { path, root: self.config.run.join("runtimes").join(name) });
         }
         if record.wasm.is_some() {
-            return self.wasm_kind(record, Some(crate::image::wasm::MODULE_PATH.into()));
+            return self.wasm_kind(record, Some(crate::image::wasm::MODULE_PATH.into())).await;
         }
         let annotations = spec.annotations().clone().unwrap_or_default();
         let default = if h.kind == HandlerKind::Wasm { None } else { Some(WasmChoice::Never) };
@@ -77,21 +77,31 @@ impl Containers {
             None => self.entrypoint_is_module(spec, rootfs).await?,
         };
         if wasm {
-            self.wasm_kind(record, None)
+            self.wasm_kind(record, None).await
         } else {
             Ok(RuntimeKind::Linux)
         }
     }
 
     #[cfg(feature = "wasm")]
-    fn wasm_kind(&self, record: &ImageRecord, module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
+    async fn wasm_kind(&self, record: &ImageRecord, module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
+        use crate::wasm::cache;
         let cache = self.config.root.join("wasm-cache");
-        let engine = crate::wasm::cache::engine_key(&cache).map_err(ContainerError::Create)?.to_string();
-        Ok(RuntimeKind::Wasm { cache, engine, image: record.id.clone(), module })
+        let engine = match cache::known_key() {
+            Some(key) => key,
+            None => {
+                let dir = cache.clone();
+                tokio::task::spawn_blocking(move || cache::engine_key(&dir))
+                    .await
+                    .map_err(|e| ContainerError::Create(e.to_string()))?
+                    .map_err(ContainerError::Create)?
+            }
+        };
+        Ok(RuntimeKind::Wasm { cache, engine: engine.to_string(), image: record.id.clone(), module })
     }
 
     #[cfg(not(feature = "wasm"))]
-    fn wasm_kind(&self, _record: &ImageRecord, _module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
+    async fn wasm_kind(&self, _record: &ImageRecord, _module: Option<PathBuf>) -> Result<RuntimeKind, ContainerError> {
         Err(ContainerError::Create("this cricket binary is built without WebAssembly support".into()))
     }
 

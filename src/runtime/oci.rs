@@ -67,7 +67,7 @@ impl OciRuntime {
         // SAFETY: the hook only makes raw signal syscalls, which are async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
-                super::linux::reset_for_workload();
+                super::linux::reset_for_workload(&[]);
                 Ok(())
             });
         }

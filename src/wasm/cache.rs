@@ -1,11 +1,13 @@
 //! The cache of compiled code, `root/wasm-cache`: one file per program and
 //! engine, `<image>-<path>-<engine>.cwasm` (`.component.cwasm` for
-//! components). `<image>` is the image ID, whose layers fix the content of
-//! every file in the rootfs, and `<path>` a hash of the program's path in
-//! it: a start finds its code without reading the program. `<engine>` names
-//! the wasmtime build and settings that can load it: an upgraded cricket
-//! never meets code it can't load, and the daemon drops other engines'
-//! files the first time it needs the key. Removing an image removes its code.
+//! components; `.start.cwasm` and `.component.start.cwasm` when
+//! instantiating the program runs a start function). `<image>` is the image
+//! ID, whose layers fix the content of every file in the rootfs, and
+//! `<path>` a hash of the program's path in it: a start finds its code
+//! without reading the program. `<engine>` names the wasmtime build and
+//! settings that can load it: an upgraded cricket never meets code it can't
+//! load, and the daemon drops other engines' files the first time it needs
+//! the key. Removing an image removes its code.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, WasmBacktraceDetails};
 
 use crate::image::wasm::BinaryKind;
 
@@ -23,36 +25,52 @@ pub fn engine_config() -> Config {
     let mut config = Config::new();
     // StopContainer ends the program at its next epoch check.
     config.epoch_interruption(true);
+    // Pinned: wasmtime would read it from WASMTIME_BACKTRACE_DETAILS, and it changes the code.
+    config.wasm_backtrace_details(WasmBacktraceDetails::Disable);
     config
 }
 
-/// This binary's engine key; on first use, also removes other engines' files from `dir`.
+pub fn new_engine() -> Result<Engine, String> {
+    Engine::new(&engine_config()).map_err(|e| format!("starting the wasm engine: {e:#}"))
+}
+
+static KEY: OnceLock<String> = OnceLock::new();
+
+/// This binary's engine key, once `engine_key` has made it.
+pub fn known_key() -> Option<&'static str> {
+    KEY.get().map(String::as_str)
+}
+
+/// This binary's engine key (an engine made and hashed: call it off the async
+/// runtime); the first success also removes other engines' files from `dir`.
 pub fn engine_key(dir: &Path) -> Result<&'static str, String> {
-    static KEY: OnceLock<Result<String, String>> = OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        let key = compute_key()?;
-        prune(dir, &key);
-        Ok(key)
-    });
-    key.as_deref().map_err(Clone::clone)
+    if let Some(key) = known_key() {
+        return Ok(key);
+    }
+    let key = compute_key()?;
+    prune(dir, &key);
+    Ok(KEY.get_or_init(|| key))
 }
 
 /// Engines with equal keys load each other's compiled code.
 fn compute_key() -> Result<String, String> {
-    let engine = Engine::new(&engine_config()).map_err(|e| format!("starting the wasm engine: {e:#}"))?;
+    let engine = new_engine()?;
     let mut hasher = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     Ok(format!("{:016x}", hasher.finish()))
 }
 
-/// Where the code of the program at `program` (its path in the rootfs) of `image` is cached.
-pub fn path(dir: &Path, image: &str, program: &Path, engine: &str, kind: BinaryKind) -> PathBuf {
+/// Where the code of the program at `program` (its path in the rootfs) of
+/// `image` is cached; `early` when instantiating it runs none of its code.
+pub fn path(dir: &Path, image: &str, program: &Path, engine: &str, kind: BinaryKind, early: bool) -> PathBuf {
     let digest = Sha256::digest(program.as_os_str().as_encoded_bytes());
     let name = format!("{}-{}-{engine}", image_part(image), hex::encode(&digest[..8]));
-    match kind {
-        BinaryKind::Module => dir.join(format!("{name}.cwasm")),
-        BinaryKind::Component => dir.join(format!("{name}.component.cwasm")),
-    }
+    let kind = match kind {
+        BinaryKind::Module => "",
+        BinaryKind::Component => ".component",
+    };
+    let start = if early { "" } else { ".start" };
+    dir.join(format!("{name}{kind}{start}.cwasm"))
 }
 
 /// Removes the compiled code of `image`'s programs.
@@ -97,10 +115,10 @@ pub fn store(data: &[u8], to: &Path) -> Result<(), String> {
 /// builds, or other settings), and leftovers of interrupted writes.
 fn prune(dir: &Path, key: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let ours = [format!("-{key}.cwasm"), format!("-{key}.component.cwasm")];
+    let ours = format!("-{key}.");
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !ours.iter().any(|suffix| name.ends_with(suffix.as_str())) {
+        if !(name.contains(&ours) && name.ends_with(".cwasm")) {
             if let Err(e) = std::fs::remove_file(entry.path()) {
                 tracing::warn!(file = %entry.path().display(), error = %e, "removing stale compiled wasm");
             }
@@ -119,8 +137,8 @@ mod tests {
         assert_eq!(compute_key().unwrap(), key);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let module = path(d, "sha256:aa", Path::new("/app.wasm"), &key, BinaryKind::Module);
-        let component = path(d, "sha256:bb", Path::new("/app.wasm"), &key, BinaryKind::Component);
+        let module = path(d, "sha256:aa", Path::new("/app.wasm"), &key, BinaryKind::Module, true);
+        let component = path(d, "sha256:bb", Path::new("/app.wasm"), &key, BinaryKind::Component, false);
         store(b"module", &module).unwrap();
         store(b"component", &component).unwrap();
         for stale in ["aa-0123456789abcdef.cwasm", "bb.component.cwasm", ".77.tmp"] {
@@ -142,9 +160,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let image = format!("sha256:{}", "ab".repeat(32));
-        let a = path(d, &image, Path::new("/a.wasm"), "e", BinaryKind::Module);
-        let b = path(d, &image, Path::new("/b.wasm"), "e", BinaryKind::Component);
-        let other = path(d, "sha256:other", Path::new("/a.wasm"), "e", BinaryKind::Module);
+        let a = path(d, &image, Path::new("/a.wasm"), "e", BinaryKind::Module, true);
+        let b = path(d, &image, Path::new("/b.wasm"), "e", BinaryKind::Component, false);
+        let other = path(d, "sha256:other", Path::new("/a.wasm"), "e", BinaryKind::Module, true);
+        let late = path(d, &image, Path::new("/a.wasm"), "e", BinaryKind::Module, false);
+        assert_ne!(a, late);
+        assert!(b.to_str().unwrap().ends_with("-e.component.start.cwasm"), "{b:?}");
         assert!(a.file_name().unwrap().to_str().unwrap().starts_with(&"ab".repeat(32)), "{a:?}");
         assert_ne!(a.file_name(), other.file_name());
         for p in [&a, &b, &other] {

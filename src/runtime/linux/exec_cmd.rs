@@ -158,7 +158,7 @@ fn child(
     seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
     apparmor: bool,
 ) -> StepResult<process::ExecFailure> {
-    signals::reset_for_workload();
+    signals::reset_for_workload(&[]);
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx("PR_SET_PDEATHSIG")?;
     nix::unistd::setsid().ctx("setsid")?;
     if proc_spec.terminal().unwrap_or(false) {

@@ -27,7 +27,12 @@ pub struct InitArgs<'a> {
 
 /// Runs in the monitor's forked child; never returns.
 pub fn stage1(args: &InitArgs, stdio: InitStdio, channel: Channel) -> ! {
-    super::signals::reset_for_workload();
+    let keep: &[libc::c_int] = match args.workload {
+        // A program compiled by the monitor comes with its engine, whose trap handlers are installed here already.
+        super::Workload::InProcess(_) => &super::signals::FAULT_SIGNALS,
+        super::Workload::Spec => &[],
+    };
+    super::signals::reset_for_workload(keep);
     let channel = match install_stdio(stdio, channel) {
         Ok(c) => c,
         Err(e) => exit_with(None, e.0, 1),
@@ -134,20 +139,36 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
     let argv = proc_spec.args().clone().unwrap_or_default();
     let env = proc_spec.env().clone().unwrap_or_default();
     // An in-process workload loads on a thread of its own while the rootfs is set up.
+    let load_failure = |message: String| process::ExecFailure { code: 126, message };
     let loaded = std::thread::scope(|s| {
         let loading = match args.workload {
-            super::Workload::InProcess(w) => Some(s.spawn(w.begin(&argv, &env))),
+            super::Workload::InProcess(w) => {
+                let job = w.begin(&argv, &env);
+                let thread = std::thread::Builder::new().name("load".into());
+                Some(thread.spawn_scoped(s, || unprivileged_thread().map_err(load_failure).and_then(|()| job())))
+            }
             super::Workload::Spec => None,
         };
         let setup = set_up_root(args, plan, channel, &proc_spec, &own_cgroups);
-        let loaded = loading.map(|h| {
-            h.join().unwrap_or_else(|_| {
-                Err(process::ExecFailure { code: 126, message: "loading the workload panicked".into() })
-            })
+        let loaded = loading.map(|spawned| match spawned {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| {
+                let why = panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(String::as_str));
+                Err(load_failure(format!("loading the workload panicked: {}", why.unwrap_or("?"))))
+            }),
+            Err(e) => Err(load_failure(format!("starting a thread to load the workload: {e}"))),
         });
         setup.map(|()| loaded)
     })?;
-    let loaded = loaded.map(|l| l.and_then(|mut l| l.settle().map(|()| l)));
+    let loaded = match loaded {
+        Some(Ok(mut l)) => match l.settle() {
+            Ok(settled) => {
+                settled.into_iter().for_each(&mut warn);
+                Some(Ok(l))
+            }
+            Err(failure) => Some(Err(failure)),
+        },
+        other => other,
+    };
     limits::apply(&proc_spec, &mut warn)?;
     nix::unistd::setsid().ctx("setsid")?;
     if terminal {
@@ -182,6 +203,27 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
     let code = loaded.run();
     // SAFETY: as above, _exit without the monitor's exit handlers.
     unsafe { libc::_exit(code) }
+}
+
+/// Takes root's powers from the calling thread alone (raw syscalls: glibc's
+/// wrappers would change every thread): the overflow user and group without
+/// supplementary groups, which empties its capabilities too; where those
+/// aren't mapped (a user namespace), just no capabilities.
+fn unprivileged_thread() -> Result<(), String> {
+    const NOBODY: libc::c_long = 65534;
+    // SAFETY: plain syscalls on the calling thread's credentials; setgroups gets an empty list.
+    let dropped = unsafe {
+        libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) == 0
+            && libc::syscall(libc::SYS_setresgid, NOBODY, NOBODY, NOBODY) == 0
+            && libc::syscall(libc::SYS_setresuid, NOBODY, NOBODY, NOBODY) == 0
+    };
+    if dropped {
+        return Ok(());
+    }
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable, caps::CapSet::Ambient] {
+        caps::clear(None, set).map_err(|e| format!("dropping the loading thread's capabilities: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The container's filesystem and names: rootfs and terminal, pivot_root,

@@ -75,10 +75,11 @@ pub enum Workload<'a> {
 pub trait InProcess: Sync {
     /// Called by the init before it sets up the rootfs, while the host's
     /// files are still in reach, with `process.args` and `process.env`. The
-    /// returned job runs on a second thread of the init during that setup:
-    /// it must not reach files by path (pivot_root moves "/" under it) nor
-    /// change process-wide settings. The thread ends before the user,
-    /// capabilities and seccomp are set.
+    /// returned job runs on a second thread of the init during that setup,
+    /// as an unprivileged user (or without capabilities): it must not reach
+    /// files by path (pivot_root moves "/" under it), and of process-wide
+    /// settings only installs its own signal handlers. The thread ends
+    /// before the process's user, capabilities and seccomp are set.
     fn begin(&self, args: &[String], env: &[String]) -> LoadJob<'_>;
 }
 
@@ -88,8 +89,9 @@ pub type LoadJob<'a> = Box<dyn FnOnce() -> Result<Box<dyn Loaded>, ExecFailure> 
 /// A workload loaded inside the init.
 pub trait Loaded: Send {
     /// On the init's only thread, once the container's root is in place
-    /// (after pivot_root, before the user, capabilities and seccomp are set).
-    fn settle(&mut self) -> Result<(), ExecFailure>;
+    /// (after pivot_root, before the user, capabilities and seccomp are set);
+    /// returns warnings for the monitor's log.
+    fn settle(&mut self) -> Result<Vec<String>, ExecFailure>;
     /// After start, with every setting applied: runs to the exit code.
     fn run(self: Box<Self>) -> i32;
 }

@@ -48,16 +48,20 @@ pub fn wait_for(pid: Pid) -> i32 {
     }
 }
 
+/// The faults wasmtime turns into traps of wasm code, with handlers the engine installs.
+pub const FAULT_SIGNALS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
+
 /// Gives a workload the signal state a fresh process has: nothing blocked and
-/// default dispositions. Rust ignores SIGPIPE and the monitor blocks SIGCHLD
-/// and SIGHUP; both would otherwise survive execve into the container.
-pub fn reset_for_workload() {
+/// default dispositions, but for `keep` (handlers of this binary's own code
+/// that an in-process workload needs). Rust ignores SIGPIPE and the monitor
+/// blocks SIGCHLD and SIGHUP; both would otherwise survive execve into the container.
+pub fn reset_for_workload(keep: &[libc::c_int]) {
     let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // The raw syscall, as glibc refuses its own real-time signals (32, 33) in sigaction().
     // All zero is SIG_DFL, no flags, an empty mask, whatever the arch's field order.
     let default = [0u64; 4];
     for sig in 1..=64 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || keep.contains(&sig) {
             continue;
         }
         // SAFETY: rt_sigaction with a valid kernel sigaction, no old-action pointer, an 8-byte sigset.
