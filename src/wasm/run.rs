@@ -326,16 +326,12 @@ impl Loaded for Program {
 
     fn run(self: Box<Self>) -> i32 {
         let Program { engine, name, linked, runtime, .. } = *self;
-        exit_code(
-            &name,
-            engine,
-            Box::new(move || {
-                let result = runtime.block_on(linked.run());
-                // The init exits next, its memory with it: freeing first would only take time.
-                std::mem::forget(runtime);
-                result
-            }),
-        )
+        exit_code(&name, engine, move || {
+            let result = runtime.block_on(linked.run());
+            // The init exits next, its memory with it: freeing first would only take time.
+            std::mem::forget(runtime);
+            result
+        })
     }
 }
 
@@ -391,9 +387,6 @@ async fn module_entry(
     instance.get_typed_func::<(), ()>(store, func)
 }
 
-/// Runs the program's entry to the exit code it returns or passes to exit.
-type Run = Box<dyn FnOnce() -> wasmtime::Result<i32>>;
-
 /// A component's store data: WASI preview 2 state.
 struct Host {
     ctx: WasiCtx,
@@ -412,7 +405,8 @@ fn interruptible<T>(store: &mut Store<T>) {
     store.epoch_deadline_trap();
 }
 
-fn exit_code(path: &str, engine: Engine, run: Run) -> i32 {
+/// Runs the program (`run`) to the exit code it returns or passes to exit, or its trap's.
+fn exit_code(path: &str, engine: Engine, run: impl FnOnce() -> wasmtime::Result<i32>) -> i32 {
     let stopped = match watch_signals(engine) {
         Ok(s) => s,
         Err(e) => {
