@@ -63,6 +63,14 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     }
     let metrics = Metrics::new();
     let images = Arc::new(Images::open_with_metrics(config.clone(), metrics.pull())?);
+    #[cfg(feature = "wasm")]
+    {
+        let cache = config.root.join("wasm-cache");
+        if cache.is_dir() {
+            let ids: Vec<String> = images.list().into_iter().map(|r| r.id).collect();
+            tokio::task::spawn_blocking(move || crate::wasm::cache::tidy(&cache, &ids));
+        }
+    }
     let cgroups = Arc::new(cgroup::Manager::new(config.cgroup.driver, Path::new("/sys/fs/cgroup"))?);
     let cni = Arc::new(Cni::with_metrics(&config.cni, Duration::from_secs(config.cni.timeout_secs), metrics.cni()));
     let sandboxes = Arc::new(Sandboxes::open(config.clone(), cgroups.clone(), cni).await?);

@@ -73,6 +73,25 @@ pub fn path(dir: &Path, image: &str, program: &Path, engine: &str, kind: BinaryK
     dir.join(format!("{name}{kind}{start}.cwasm"))
 }
 
+/// At the daemon's start: other engines' files and those of images no
+/// longer stored (removed while one of their containers was compiling).
+pub fn tidy(dir: &Path, images: &[String]) {
+    if let Err(e) = engine_key(dir) {
+        tracing::warn!(error = %e, "compiled wasm left as it is");
+        return;
+    }
+    let stored: Vec<String> = images.iter().map(|id| format!("{}-", image_part(id))).collect();
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !stored.iter().any(|prefix| name.starts_with(prefix.as_str())) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(file = %entry.path().display(), error = %e, "removing compiled wasm");
+            }
+        }
+    }
+}
+
 /// Removes the compiled code of `image`'s programs.
 pub fn forget_image(dir: &Path, image: &str) {
     let prefix = format!("{}-", image_part(image));
@@ -153,6 +172,20 @@ mod tests {
         assert_eq!(std::fs::read(&module).unwrap(), b"module");
         // The missing directory of a fresh root is no error.
         prune(&d.join("none"), &key);
+    }
+
+    #[test]
+    fn tidying_keeps_only_stored_images_code_of_this_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let key = compute_key().unwrap();
+        let kept = path(d, "sha256:kept", Path::new("/a.wasm"), &key, BinaryKind::Module, true);
+        let gone = path(d, "sha256:gone", Path::new("/a.wasm"), &key, BinaryKind::Module, true);
+        for p in [&kept, &gone] {
+            store(b"x", p).unwrap();
+        }
+        tidy(d, &["sha256:kept".to_string()]);
+        assert!(kept.exists() && !gone.exists(), "{:?}", std::fs::read_dir(d).unwrap().collect::<Vec<_>>());
     }
 
     #[test]
