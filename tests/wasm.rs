@@ -557,12 +557,19 @@ async fn wasm_oci_artifacts_are_pulled_listed_and_run() {
         readonly: true,
         ..Default::default()
     }];
-    let id = run(wasm_pod.clone(), wasm_pc.clone(), mod_config).await.expect("module artifact");
-    assert_eq!(wait_exit(id).await.exit_code, 7);
-    let lines = log("mod");
-    assert_eq!(lines[..2], ["stdout F hello.wasm", "stdout F a b"], "{lines:#?}");
-    assert!(lines.contains(&"stdout F GREETING=hello".to_string()), "{lines:#?}");
-    assert_eq!(lines.last().map(String::as_str), Some("stdout F from the volume"));
+    // Compiled by the monitor, then loaded from the cache and instantiated while the
+    // container is set up: the same args, environment and volume either way.
+    for name in ["mod", "mod-again"] {
+        let mut config = mod_config.clone();
+        config.metadata = Some(cri::ContainerMetadata { name: name.into(), attempt: 0 });
+        config.log_path = format!("{name}.log");
+        let id = run(wasm_pod.clone(), wasm_pc.clone(), config).await.expect("module artifact");
+        assert_eq!(wait_exit(id).await.exit_code, 7);
+        let lines = log(name);
+        assert_eq!(lines[..2], ["stdout F hello.wasm", "stdout F a b"], "{lines:#?}");
+        assert!(lines.contains(&"stdout F GREETING=hello".to_string()), "{lines:#?}");
+        assert_eq!(lines.last().map(String::as_str), Some("stdout F from the volume"));
+    }
 
     // A component runs wasi:cli/run; without a command its argv[0] is the binary's path.
     let id = run(wasm_pod.clone(), wasm_pc.clone(), container("cli", &cli_id, &[], &["x"])).await.expect("component");
