@@ -138,9 +138,7 @@ impl Fixture {
     }
 
     async fn info(&self, id: &str) -> serde_json::Value {
-        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: true };
-        let resp = self.d.runtime().await.container_status(req).await.expect("ContainerStatus").into_inner();
-        serde_json::from_str(&resp.info["info"]).unwrap()
+        self.d.container_info(id).await
     }
 
     async fn wait_exit(&self, id: &str) -> cri::ContainerStatus {

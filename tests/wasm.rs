@@ -284,10 +284,7 @@ impl Fixture {
 
     /// The names of the container init's threads.
     async fn init_threads(&self, id: &str) -> Vec<String> {
-        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: true };
-        let resp = self.d.runtime().await.container_status(req).await.expect("ContainerStatus").into_inner();
-        let info: serde_json::Value = serde_json::from_str(&resp.info["info"]).unwrap();
-        let pid = info["pid"].as_i64().expect("pid");
+        let pid = self.d.container_info(id).await["pid"].as_i64().expect("pid");
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
         tasks.map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap().trim().to_string()).collect()
     }
@@ -671,9 +668,7 @@ async fn crun_wasm_annotations_act_only_where_allowed() {
     let (plain_pod, plain_pc) = f.pod_on("plain", "").await;
     let denied =
         f.create(&plain_pod, &plain_pc, annotated("denied", &f.image, &["/mod"], "run.oci.handler", "wasm")).await;
-    let req = cri::ContainerStatusRequest { container_id: denied.clone(), verbose: true };
-    let info = f.d.runtime().await.container_status(req).await.unwrap().into_inner().info;
-    let verbose: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let verbose = f.d.container_info(&denied).await;
     assert_eq!(verbose["runtimeSpec"]["annotations"]["run.oci.handler"], "wasm");
     let err = f.start(&denied).await.unwrap_err();
     assert!(err.message().contains("/mod"), "{err:?}");

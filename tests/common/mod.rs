@@ -793,6 +793,13 @@ impl Daemon {
         (resp.status.expect("PodSandboxStatus has a status"), info)
     }
 
+    /// The JSON in a verbose ContainerStatus's info["info"].
+    pub async fn container_info(&self, id: &str) -> serde_json::Value {
+        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: true };
+        let resp = self.runtime().await.container_status(req).await.expect("ContainerStatus").into_inner();
+        serde_json::from_str(resp.info.get("info").expect("verbose info[\"info\"]")).expect("info is JSON")
+    }
+
     pub async fn stop_pod(&self, id: &str) -> Result<(), tonic::Status> {
         let req = cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() };
         self.runtime().await.stop_pod_sandbox(req).await.map(|_| ())
