@@ -39,6 +39,7 @@ pub struct Config {
     pub cni: CniConfig,
     pub metrics: MetricsConfig,
     pub streaming: StreamingConfig,
+    pub wasm: WasmConfig,
     pub runtimes: BTreeMap<String, RuntimeHandler>,
 }
 
@@ -140,6 +141,16 @@ pub struct StreamingConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WasmConfig {
+    /// How many programs stay loaded, each in a process of its own that
+    /// starts their containers' monitors; 0 turns this off.
+    pub preloaded: usize,
+    /// A preloaded program that starts no container for this many seconds is let go.
+    pub preload_idle_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeHandler {
     #[serde(rename = "type")]
@@ -228,6 +239,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             metrics: MetricsConfig::default(),
             streaming: StreamingConfig::default(),
+            wasm: WasmConfig::default(),
             runtimes: BTreeMap::from([("default".to_string(), RuntimeHandler::new(HandlerKind::Linux))]),
         }
     }
@@ -277,6 +289,12 @@ impl MetricsConfig {
     /// The address to serve on, or None when metrics are off.
     pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
         self.address.parse().ok()
+    }
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        WasmConfig { preloaded: 8, preload_idle_secs: 600 }
     }
 }
 
@@ -380,6 +398,9 @@ impl Config {
         }
         if self.cni.timeout_secs == 0 {
             return invalid("cni.timeout_secs", "must be at least 1".into());
+        }
+        if self.wasm.preload_idle_secs == 0 {
+            return invalid("wasm.preload_idle_secs", "must be at least 1".into());
         }
         if self.pull.max_concurrent_layers == 0 {
             return invalid("pull.max_concurrent_layers", "must be at least 1".into());

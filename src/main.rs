@@ -61,6 +61,10 @@ enum Command {
     /// Debugging: create and start an OCI bundle in the foreground.
     #[command(hide = true)]
     Run(runtime::linux::run_cmd::RunArgs),
+    /// Internal: hold a WebAssembly program loaded and fork its containers' monitors.
+    #[cfg(feature = "wasm")]
+    #[command(hide = true)]
+    WasmPreload(wasm::preload::PreloadArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,8 @@ fn main() -> ExitCode {
         Command::PinNamespaces(args) => return helper_exit(sandbox::namespaces::pin_main(args)),
         Command::Exec(args) => return exit_code(runtime::linux::exec_cmd::exec_main(args)),
         Command::Run(args) => return exit_code(runtime::linux::run_cmd::run_main(args)),
+        #[cfg(feature = "wasm")]
+        Command::WasmPreload(args) => return wasm::preload::main(args),
         Command::Serve | Command::Config | Command::Check => {}
     }
     let file = cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
@@ -97,9 +103,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config),
         Command::Check => check::main(&config),
-        Command::Version | Command::PinNamespaces(_) | Command::Exec(_) | Command::Run(_) => {
-            unreachable!("handled above")
-        }
+        _ => unreachable!("handled above"),
     }
 }
 

@@ -187,6 +187,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
+        Fixture::with_config("").await
+    }
+
+    /// With `extra` appended to the daemon's config.
+    async fn with_config(extra: &str) -> Fixture {
         let registry = Registry::start().await;
         let host = registry.host();
         let spin = wat::parse_str(SPIN_WAT).unwrap();
@@ -213,7 +218,7 @@ impl Fixture {
         let net = TestNet::new();
         let toml = format!(
             "{}[runtimes.wasm]\ntype = \"wasm\"\nallowed_annotations = [\"module.wasm.image/variant\"]\n\
-             [runtimes.crunlike]\ntype = \"linux\"\nallowed_annotations = [\"run.oci.\"]\n",
+             [runtimes.crunlike]\ntype = \"linux\"\nallowed_annotations = [\"run.oci.\"]\n{extra}",
             insecure(&host)
         );
         let d = Daemon::start_with_net(&net, &toml).await;
@@ -312,9 +317,14 @@ impl Fixture {
         for pod in pods {
             self.d.remove_pod(pod).await.expect("RemovePodSandbox");
         }
-        let helpers = self.d.helper_pids();
+        let helpers = self.d.helpers_but_preloaders();
         assert!(helpers.is_empty(), "monitors or helpers left: {helpers:?}");
-        drop(self.d);
+        let mut d = self.d;
+        let preloaders = d.preloader_pids();
+        // They go with the daemon, on their own.
+        d.stop(Duration::from_secs(10));
+        wait_gone(&preloaders).await;
+        drop(d);
         self.net.finish();
     }
 }
@@ -593,7 +603,7 @@ async fn wasm_oci_artifacts_are_pulled_listed_and_run() {
     let left = names(&d.root.join("wasm-cache"));
     let module_code = cached.iter().find(|n| !n.ends_with(".component.cwasm")).unwrap();
     assert_eq!(left.into_iter().collect::<Vec<_>>(), std::slice::from_ref(module_code));
-    assert!(d.helper_pids().is_empty(), "monitors or helpers left: {:?}", d.helper_pids());
+    assert!(d.helpers_but_preloaders().is_empty(), "monitors or helpers left: {:?}", d.helper_pids());
     drop(d);
     net.finish();
 }
@@ -673,4 +683,129 @@ async fn crun_wasm_annotations_act_only_where_allowed() {
     let err = f.start(&denied).await.unwrap_err();
     assert!(err.message().contains("/mod"), "{err:?}");
     f.finish(&[&wasm_pod, &crun_pod, &plain_pod]).await;
+}
+
+/// Waits (10 s at most) until none of `pids` runs.
+async fn wait_gone(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(pid) = pids.iter().find(|p| is_running(**p)) {
+        assert!(Instant::now() < deadline, "process {pid} still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (10 s at most) for a process keeping a wasm program loaded, other
+/// than those in `known`, to be ready for the program's next start.
+async fn wait_preloader(d: &Daemon, known: &[i32]) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = d.log();
+        let ready =
+            |pid: &i32| log.lines().any(|l| l.contains("wasm program preloaded") && l.contains(&format!("pid={pid}")));
+        if let Some(pid) = d.preloader_pids().into_iter().find(|p| !known.contains(p) && ready(p)) {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no new cricket wasm-preload (known: {known:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Field `n` (1-based) of /proc/<pid>/stat.
+fn stat_field(pid: i32, n: usize) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(n - 3).unwrap().to_string()
+}
+
+fn parent(pid: i32) -> i32 {
+    stat_field(pid, 4).parse().unwrap()
+}
+
+fn cmdline(pid: i32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+impl Fixture {
+    /// The pid of the container's monitor (the init's parent).
+    async fn monitor(&self, id: &str) -> i32 {
+        parent(self.d.container_info(id).await["pid"].as_i64().expect("pid") as i32)
+    }
+
+    async fn wait_output(&self, pod: &str, name: &str, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let log = self.logs.path().join(pod).join(format!("{name}.log"));
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains(line) {
+            assert!(Instant::now() < deadline, "{name} did not print {line:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preloaded_programs_fork_monitors_and_go_with_the_daemon_or_the_image() {
+    let mut f = Fixture::new().await;
+    let (pod, pc) = f.pod("pre").await;
+    // The first start of a program runs a monitor of its own; then the program is preloaded.
+    let mut app = f.container("app1", &[], &["one", "two words"]);
+    app.envs = vec![cri::KeyValue { key: "GREETING".into(), value: "hello".into() }];
+    let first = f.run(&pod, &pc, app.clone()).await;
+    assert_eq!(f.wait_exit(&first).await.exit_code, 99);
+    let preloader = wait_preloader(&f.d, &[]).await;
+    let threads = stat_field(preloader, 20);
+    assert_eq!(threads, "1", "a process that forks must have one thread");
+    // The next one's monitor is its fork, and named like any monitor; the program
+    // sees the same args and env, and its memory its data (from the mapped code).
+    app.metadata.as_mut().unwrap().name = "app2".into();
+    app.log_path = "app2.log".into();
+    let second = f.create(&pod, &pc, app).await;
+    assert_eq!(parent(f.monitor(&second).await), preloader);
+    f.start(&second).await.expect("StartContainer");
+    assert_eq!(f.wait_exit(&second).await.exit_code, 99);
+    assert_eq!(f.log("pre", "app2"), f.log("pre", "app1"));
+
+    let spin1 = f.run(&pod, &pc, f.container("spin1", &["/spin.wasm"], &[])).await;
+    let spin_preloader = wait_preloader(&f.d, &[preloader]).await;
+    let spin2 = f.run(&pod, &pc, f.container("spin2", &["/spin.wasm"], &[])).await;
+    let monitor = f.monitor(&spin2).await;
+    assert_eq!(parent(monitor), spin_preloader);
+    assert_eq!(cmdline(monitor)[..3], ["cricket", "monitor", "--config"]);
+    assert_ne!(parent(f.monitor(&spin1).await), spin_preloader);
+    f.wait_output("pre", "spin2", "stdout F spinning").await;
+    assert_eq!(f.init_threads(&spin2).await.len(), 2);
+
+    // A restart lets the preloaded programs go; the containers they started live on.
+    f.d.restart().await;
+    wait_gone(&[preloader, spin_preloader]).await;
+    for id in [&spin2, &spin1] {
+        let req = cri::StopContainerRequest { container_id: id.clone(), timeout: 30 };
+        f.d.runtime().await.stop_container(req).await.expect("StopContainer");
+        assert_eq!(f.wait_exit(id).await.exit_code, 128 + libc::SIGTERM);
+    }
+    // Removing the image lets its programs go.
+    let again = f.run(&pod, &pc, f.container("spin3", &["/spin.wasm"], &[])).await;
+    let preloader = wait_preloader(&f.d, &[]).await;
+    f.d.remove(&f.image).await.expect("RemoveImage");
+    wait_gone(&[preloader]).await;
+    let req = cri::StopContainerRequest { container_id: again, timeout: 30 };
+    f.d.runtime().await.stop_container(req).await.expect("StopContainer");
+    f.finish(&[&pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preloaded_programs_go_when_idle_or_over_the_limit() {
+    let f = Fixture::with_config("[wasm]\npreloaded = 1\npreload_idle_secs = 2\n").await;
+    let (pod, pc) = f.pod("limit").await;
+    let two = f.run(&pod, &pc, f.container("two", &["/two.wat"], &[])).await;
+    assert_eq!(f.wait_exit(&two).await.exit_code, 1);
+    let first = wait_preloader(&f.d, &[]).await;
+    // Room for one: the least recently used goes.
+    let trap = f.run(&pod, &pc, f.container("trap", &["/trap.wasm"], &[])).await;
+    assert_eq!(f.wait_exit(&trap).await.exit_code, 1);
+    let second = wait_preloader(&f.d, &[first]).await;
+    wait_gone(&[first]).await;
+    // Unused for 2 s, it exits.
+    wait_gone(&[second]).await;
+    assert!(f.d.preloader_pids().is_empty());
+    f.finish(&[&pod]).await;
 }

@@ -110,6 +110,7 @@ impl Containers {
         let spec_path = bundle.join("config.json");
         state::write_volatile(&spec_path, &spec_json).map_err(io_err(&spec_path))?;
 
+        let chosen = self.runtime_kind(&sandbox.runtime_handler, &record, &built.spec, &fs.target).await?;
         let log_path = log_path(sandbox, &config);
         let systemd = self.cgroups.driver() == CgroupDriver::Systemd;
         let monitor_config = MonitorConfig {
@@ -122,7 +123,7 @@ impl Containers {
             stdin: config.stdin,
             stdin_once: config.stdin_once,
             tty: config.tty,
-            runtime: self.runtime_kind(&sandbox.runtime_handler, &record, &built.spec, &fs.target).await?,
+            runtime: chosen.kind,
         };
         let monitor_json = run_dir.join("monitor.json");
         let cg_resources = resources.as_ref().map(Resources::from_cri).unwrap_or_default();
@@ -130,7 +131,8 @@ impl Containers {
             self.cgroups.create(&cgroup, &cg_resources).await?;
             undo.cgroup = Some(cgroup.clone());
         }
-        let (monitor, init) = process::spawn_monitor(&monitor_config, &monitor_json)
+        let (monitor, init) = self
+            .start_monitor(&monitor_config, &monitor_json, chosen.program.as_deref())
             .await
             .map_err(|reason| ContainerError::Monitor { id: id.to_string(), reason })?;
         undo.init = Some(init);

@@ -7,6 +7,7 @@
 
 mod exec;
 mod lifecycle;
+mod monitor_start;
 mod process;
 mod rootfs;
 mod select;

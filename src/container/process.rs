@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 
 use crate::monitor::config::{Handshake, MonitorConfig};
 use crate::sandbox::namespaces::{self, helper_command};
@@ -79,12 +79,13 @@ impl Proc {
     }
 }
 
-/// Writes `monitor.json`, starts the monitor (which detaches from the
-/// daemon) and waits for it to report the created, not yet started, init.
-/// Returns the monitor and the init.
-pub async fn spawn_monitor(config: &MonitorConfig, config_path: &Path) -> Result<(Proc, Proc), String> {
+pub fn write_config(config: &MonitorConfig, config_path: &Path) -> Result<(), String> {
     let data = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
-    crate::state::write_volatile(config_path, &data).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    crate::state::write_volatile(config_path, &data).map_err(|e| format!("{}: {e}", config_path.display()))
+}
+
+/// Starts `cricket monitor` for the `monitor.json` at `config_path`, and waits for its handshake.
+pub async fn exec_monitor(config_path: &Path) -> Result<(Proc, Proc), String> {
     let mut child = helper_command()
         .arg("monitor")
         .arg("--config")
@@ -95,12 +96,20 @@ pub async fn spawn_monitor(config: &MonitorConfig, config_path: &Path) -> Result
         .spawn()
         .map_err(|e| format!("cannot start the monitor: {e}"))?;
     let stdout = child.stdout.take().ok_or("monitor stdout missing")?;
-    let mut stderr = child.stderr.take().ok_or("monitor stderr missing")?;
-    let mut line = String::new();
-    let read = tokio::time::timeout(CREATE_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+    let stderr = child.stderr.take().ok_or("monitor stderr missing")?;
     // The spawned process exits once the monitor has forked away; tokio reaps it.
     drop(child);
-    match read {
+    handshake(BufReader::new(stdout), stderr).await
+}
+
+/// Reads a monitor's handshake line from its `stdout` (its `stderr` when it
+/// has none): the monitor and the created init.
+pub async fn handshake(
+    mut stdout: impl AsyncBufRead + Unpin,
+    mut stderr: impl AsyncRead + Unpin,
+) -> Result<(Proc, Proc), String> {
+    let mut line = String::new();
+    match tokio::time::timeout(CREATE_TIMEOUT, stdout.read_line(&mut line)).await {
         Err(_) => return Err(format!("the monitor did not create the container within {CREATE_TIMEOUT:?}")),
         Ok(Err(e)) => return Err(format!("reading the monitor's reply: {e}")),
         Ok(Ok(_)) => {}

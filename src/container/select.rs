@@ -51,6 +51,22 @@ pub(super) fn handler_name(name: &str) -> &str {
     }
 }
 
+#[cfg(feature = "wasm")]
+use crate::wasm::detect::entrypoint;
+
+/// Without WebAssembly support no program is looked for.
+#[cfg(not(feature = "wasm"))]
+fn entrypoint(_root: &std::path::Path, _spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    None
+}
+
+/// How a container is created.
+pub(super) struct Chosen {
+    pub kind: RuntimeKind,
+    /// The WebAssembly program's path in the rootfs, when there is one.
+    pub program: Option<PathBuf>,
+}
+
 impl Containers {
     /// How the pod's handler creates this container: `spec` is built, its rootfs mounted.
     pub(super) async fn runtime_kind(
@@ -59,27 +75,34 @@ impl Containers {
         record: &ImageRecord,
         spec: &oci_spec::runtime::Spec,
         rootfs: &std::path::Path,
-    ) -> Result<RuntimeKind, ContainerError> {
+    ) -> Result<Chosen, ContainerError> {
         let (name, h) = (handler_name(handler), self.handler(handler)?);
         if h.kind == HandlerKind::Oci {
             let path = h.path.clone().ok_or_else(|| ContainerError::Create(format!("handler {name:?} has no path")))?;
-            return Ok(RuntimeKind::Oci { path, root: self.config.run.join("runtimes").join(name) });
+            let kind = RuntimeKind::Oci { path, root: self.config.run.join("runtimes").join(name) };
+            return Ok(Chosen { kind, program: None });
         }
         if record.wasm.is_some() {
-            return self.wasm_kind(record, Some(crate::image::wasm::MODULE_PATH.into())).await;
+            let module = PathBuf::from(crate::image::wasm::MODULE_PATH);
+            let kind = self.wasm_kind(record, Some(module.clone())).await?;
+            return Ok(Chosen { kind, program: Some(module) });
         }
         let annotations = spec.annotations().clone().unwrap_or_default();
         let default = if h.kind == HandlerKind::Wasm { None } else { Some(WasmChoice::Never) };
-        let wasm = match annotated(&annotations, h).or(default) {
-            Some(WasmChoice::Always) => true,
-            Some(WasmChoice::BySuffix) => wasm_named(spec),
-            Some(WasmChoice::Never) => false,
-            None => self.entrypoint_is_module(spec, rootfs).await?,
+        let found = |root: &std::path::Path| entrypoint(root, spec);
+        let program = match annotated(&annotations, h).or(default) {
+            Some(WasmChoice::Always) => Some(found(rootfs)),
+            Some(WasmChoice::BySuffix) => wasm_named(spec).then(|| found(rootfs)),
+            Some(WasmChoice::Never) => None,
+            None => self.entrypoint_module(spec, rootfs).await?.map(Some),
         };
-        if wasm {
-            self.wasm_kind(record, None).await
-        } else {
-            Ok(RuntimeKind::Linux)
+        match program {
+            Some(program) => {
+                let kind = self.wasm_kind(record, None).await?;
+                let program = program.and_then(|p| p.strip_prefix(rootfs).ok().map(|p| Path::new("/").join(p)));
+                Ok(Chosen { kind, program })
+            }
+            None => Ok(Chosen { kind: RuntimeKind::Linux, program: None }),
         }
     }
 
@@ -105,31 +128,31 @@ impl Containers {
         Err(ContainerError::Create("this cricket binary is built without WebAssembly support".into()))
     }
 
-    /// A wasm handler's own choice: the entrypoint's content.
+    /// A wasm handler's own choice, by the entrypoint's content: its path when it is a program.
     #[cfg(feature = "wasm")]
-    async fn entrypoint_is_module(
+    async fn entrypoint_module(
         &self,
         spec: &oci_spec::runtime::Spec,
         rootfs: &std::path::Path,
-    ) -> Result<bool, ContainerError> {
+    ) -> Result<Option<PathBuf>, ContainerError> {
         use crate::wasm::detect::{parses_as_wat, sniff_entrypoint, Sniffed};
         // A few lookups and a 4-byte read in a rootfs just mounted, done here;
         // parsing text is work for the blocking pool.
         match sniff_entrypoint(rootfs, spec) {
-            Sniffed::Module => Ok(true),
-            Sniffed::NotModule => Ok(false),
-            Sniffed::Text(path) => tokio::task::spawn_blocking(move || parses_as_wat(&path))
+            Sniffed::Module(path) => Ok(Some(path)),
+            Sniffed::NotModule => Ok(None),
+            Sniffed::Text(path) => tokio::task::spawn_blocking(move || parses_as_wat(&path).then_some(path))
                 .await
                 .map_err(|e| ContainerError::Create(e.to_string())),
         }
     }
 
     #[cfg(not(feature = "wasm"))]
-    async fn entrypoint_is_module(
+    async fn entrypoint_module(
         &self,
         _spec: &oci_spec::runtime::Spec,
         _rootfs: &std::path::Path,
-    ) -> Result<bool, ContainerError> {
+    ) -> Result<Option<PathBuf>, ContainerError> {
         Err(ContainerError::Create("this cricket binary is built without WebAssembly support".into()))
     }
 }

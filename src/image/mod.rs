@@ -48,6 +48,9 @@ pub struct Images {
     store: Arc<Store>,
     puller: Arc<pull::Puller>,
     metrics: PullMetrics,
+    /// The images' WebAssembly programs kept loaded.
+    #[cfg(feature = "wasm")]
+    programs: Arc<crate::wasm::pool::Pool>,
 }
 
 impl Images {
@@ -60,7 +63,21 @@ impl Images {
     pub fn open_with_metrics(config: Arc<Config>, metrics: PullMetrics) -> Result<Images, ImageError> {
         let store = Arc::new(Store::open(&config.root.join("images"))?);
         let puller = Arc::new(pull::Puller::new(config.clone(), store.clone(), metrics.clone()));
-        Ok(Images { config, store, puller, metrics })
+        #[cfg(feature = "wasm")]
+        let programs = Arc::new(crate::wasm::pool::Pool::new(config.root.join("wasm-cache"), config.wasm.clone()));
+        Ok(Images {
+            config,
+            store,
+            puller,
+            metrics,
+            #[cfg(feature = "wasm")]
+            programs,
+        })
+    }
+
+    #[cfg(feature = "wasm")]
+    pub fn programs(&self) -> &Arc<crate::wasm::pool::Pool> {
+        &self.programs
     }
 
     pub fn parse(&self, reference: &str) -> Result<ImageName, ImageError> {
@@ -155,6 +172,7 @@ impl Images {
             self.store.remove_image(&record.id).await?;
             #[cfg(feature = "wasm")]
             {
+                self.programs.forget_image(&record.id);
                 let (cache, id) = (self.config.root.join("wasm-cache"), record.id.clone());
                 let _ = tokio::task::spawn_blocking(move || crate::wasm::cache::forget_image(&cache, &id)).await;
             }

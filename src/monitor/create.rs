@@ -25,7 +25,14 @@ pub struct Created {
     pub runtime: Option<OciRuntime>,
 }
 
-pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> {
+/// A program loaded ahead of its containers by the process this monitor was forked from.
+#[cfg(feature = "wasm")]
+pub use crate::wasm::code::Preloaded;
+/// Without WebAssembly support nothing is preloaded.
+#[cfg(not(feature = "wasm"))]
+pub enum Preloaded {}
+
+pub fn create(cfg: &MonitorConfig, dir: &Path, preloaded: Option<&Preloaded>) -> Result<Created, MonitorError> {
     match &cfg.runtime {
         RuntimeKind::Linux | RuntimeKind::Wasm { .. } => {
             let config = cfg.bundle.join("config.json");
@@ -38,7 +45,7 @@ pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> 
                 local_stdio(cfg).map(|(stdio, streams)| (stdio, Some(streams))).map_err(MonitorError::Stdio)?
             };
             // Found and compiled here, on the host and before the fork; the init loads it.
-            let loader = wasm_loader(cfg, &spec)?;
+            let loader = wasm_loader(cfg, &spec, preloaded)?;
             let workload = loader.as_deref().map_or(Workload::Spec, Workload::InProcess);
             let created = crate::runtime::linux::create(&cfg.bundle, &spec, stdio, &cfg.cgroup_dirs, workload)
                 .map_err(|e| MonitorError::Create(e.to_string()))?;
@@ -87,10 +94,12 @@ pub fn create(cfg: &MonitorConfig, dir: &Path) -> Result<Created, MonitorError> 
 fn wasm_loader(
     cfg: &MonitorConfig,
     spec: &oci_spec::runtime::Spec,
+    preloaded: Option<&Preloaded>,
 ) -> Result<Option<Box<dyn InProcess>>, MonitorError> {
     let RuntimeKind::Wasm { cache, engine, image, module } = &cfg.runtime else { return Ok(None) };
-    let prepared = crate::wasm::run::Prepared::prepare(&cfg.bundle, spec, cache, engine, image, module.as_deref())
-        .map_err(|e| MonitorError::Create(e.to_string()))?;
+    let prepared =
+        crate::wasm::run::Prepared::prepare(&cfg.bundle, spec, cache, engine, image, module.as_deref(), preloaded)
+            .map_err(|e| MonitorError::Create(e.to_string()))?;
     Ok(Some(Box::new(prepared)))
 }
 
@@ -98,6 +107,7 @@ fn wasm_loader(
 fn wasm_loader(
     cfg: &MonitorConfig,
     _spec: &oci_spec::runtime::Spec,
+    _preloaded: Option<&Preloaded>,
 ) -> Result<Option<Box<dyn InProcess>>, MonitorError> {
     match cfg.runtime {
         RuntimeKind::Wasm { .. } => {

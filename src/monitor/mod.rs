@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use config::{Handshake, MonitorConfig};
+pub use create::Preloaded;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -57,7 +58,19 @@ pub enum MonitorError {
 /// it until it exits.
 pub fn main(args: impl Iterator<Item = OsString>) -> ExitCode {
     let config = config_arg(args);
-    let monitor = sys::detach().map_err(MonitorError::Detach).and_then(|()| setup(config.as_deref()));
+    serve(sys::detach().map_err(MonitorError::Detach).and_then(|()| setup(config.as_deref(), None)))
+}
+
+/// The monitor of the container `config` describes, in a fork of the
+/// process that preloaded its program: stdio is the daemon's pipes already,
+/// and the fork is no child of the daemon's.
+#[cfg(feature = "wasm")]
+pub fn forked(config: &Path, preloaded: &Preloaded) -> ExitCode {
+    serve(sys::own_session().map_err(MonitorError::Detach).and_then(|()| setup(Some(config), Some(preloaded))))
+}
+
+/// Reports `monitor` to the daemon and, if it was created, serves the container.
+fn serve(monitor: Result<run::Monitor, MonitorError>) -> ExitCode {
     let handshake = match &monitor {
         Ok(m) => Handshake::Created { pid: m.init_pid(), monitor_pid: std::process::id() as i32 },
         Err(e) => Handshake::Failed { error: e.to_string() },
@@ -97,7 +110,7 @@ fn write_handshake(handshake: &Handshake) -> io::Result<()> {
     out.flush()
 }
 
-fn setup(config: Option<&Path>) -> Result<run::Monitor, MonitorError> {
+fn setup(config: Option<&Path>, preloaded: Option<&Preloaded>) -> Result<run::Monitor, MonitorError> {
     let path = config.ok_or(MonitorError::NoConfig)?;
     let data = std::fs::read(path).map_err(|source| MonitorError::ReadConfig { path: path.into(), source })?;
     let cfg: MonitorConfig =
@@ -116,7 +129,7 @@ fn setup(config: Option<&Path>) -> Result<run::Monitor, MonitorError> {
             return Err(MonitorError::Control { path: attach_path, source });
         }
     };
-    let mut created = match create::create(&cfg, &dir) {
+    let mut created = match create::create(&cfg, &dir, preloaded) {
         Ok(c) => c,
         Err(e) => {
             control.remove_socket();

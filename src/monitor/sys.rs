@@ -27,6 +27,12 @@ pub fn detach() -> io::Result<()> {
         ForkResult::Parent { .. } => unsafe { libc::_exit(0) },
         ForkResult::Child => {}
     }
+    own_session()
+}
+
+/// A session of its own, at "/", as a subreaper (inits whose parents exit
+/// are reparented to it).
+pub fn own_session() -> io::Result<()> {
     setsid()?;
     chdir("/")?;
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));

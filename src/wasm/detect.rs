@@ -18,7 +18,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 #[cfg(test)]
 pub fn entrypoint_is_module(root: &Path, spec: &Spec) -> bool {
     match sniff_entrypoint(root, spec) {
-        Sniffed::Module => true,
+        Sniffed::Module(_) => true,
         Sniffed::NotModule => false,
         Sniffed::Text(path) => parses_as_wat(&path),
     }
@@ -26,8 +26,8 @@ pub fn entrypoint_is_module(root: &Path, spec: &Spec) -> bool {
 
 /// What the entrypoint's first bytes tell.
 pub enum Sniffed {
-    /// A binary module or component.
-    Module,
+    /// A binary module or component, at this path.
+    Module(PathBuf),
     NotModule,
     /// A `.wat` file: a module or component only if it parses.
     Text(PathBuf),
@@ -39,7 +39,7 @@ pub fn sniff_entrypoint(root: &Path, spec: &Spec) -> Sniffed {
     let Ok(mut file) = std::fs::File::open(&path) else { return Sniffed::NotModule };
     let mut magic = [0u8; 4];
     if file.read_exact(&mut magic).is_ok() && &magic == WASM_MAGIC {
-        return Sniffed::Module;
+        return Sniffed::Module(path);
     }
     if path.extension().is_none_or(|e| e != "wat") || file.metadata().map_or(true, |m| m.len() > MAX_WAT) {
         return Sniffed::NotModule;

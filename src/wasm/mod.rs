@@ -4,5 +4,8 @@
 //! seccomp, user, mounts, logs, stop and stats work unchanged.
 
 pub mod cache;
+pub mod code;
 pub mod detect;
+pub mod pool;
+pub mod preload;
 pub mod run;

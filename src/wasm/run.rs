@@ -19,15 +19,17 @@ use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Spec;
-use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Engine, InstancePre, Linker, Module, Store, Trap, TypedFunc};
+use std::os::fd::RawFd;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, InstancePre, Store, Trap, TypedFunc};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::cache;
-use super::detect::{self, runs_code_when_instantiated};
-use crate::image::wasm::{binary_kind, BinaryKind};
+use super::code::{find_cached, read_all, Compiled, Host, Pre, Prelinked, Preloaded};
+use super::{cache, detect};
+use crate::image::wasm::BinaryKind;
 use crate::runtime::linux::{ExecFailure, InProcess, LoadJob, Loaded};
 
 /// Signals that stop the program; as PID 1 of its namespace the init would otherwise ignore them.
@@ -54,63 +56,6 @@ pub enum LoadError {
     Engine(String),
 }
 
-#[derive(Clone)]
-enum Code {
-    Module(Module),
-    Component(Component),
-}
-
-/// A program's compiled code, with the engine it belongs to.
-#[derive(Clone)]
-struct Compiled {
-    engine: Engine,
-    code: Code,
-    /// Instantiating it runs none of its code, so the init does that before the start.
-    early: bool,
-}
-
-impl Compiled {
-    /// Compiles the program `bytes` (binary or text) of the file `path`; its code serialized too.
-    fn new(bytes: &[u8], path: &str) -> Result<(Compiled, wasmtime::Result<Vec<u8>>), LoadError> {
-        let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.to_string(), reason: format!("{e:#}") };
-        let binary = match binary_kind(bytes) {
-            Some(_) => std::borrow::Cow::Borrowed(bytes),
-            None => wat::parse_bytes(bytes).map_err(|e| invalid(e.into()))?,
-        };
-        let engine = cache::new_engine().map_err(LoadError::Engine)?;
-        let (code, serialized) = match binary_kind(&binary) {
-            Some(BinaryKind::Component) => {
-                let component = Component::new(&engine, &binary).map_err(invalid)?;
-                let data = component.serialize();
-                (Code::Component(component), data)
-            }
-            _ => {
-                let module = Module::new(&engine, &binary).map_err(invalid)?;
-                let data = module.serialize();
-                (Code::Module(module), data)
-            }
-        };
-        Ok((Compiled { engine, code, early: !runs_code_when_instantiated(&binary) }, serialized))
-    }
-
-    /// Maps (modules) or reads (components) code from the cache.
-    fn load(file: std::fs::File, kind: BinaryKind, early: bool) -> wasmtime::Result<Compiled> {
-        let engine = cache::new_engine().map_err(wasmtime::Error::msg)?;
-        // SAFETY: the cache is written only by cricket, under its root dir, synced before it
-        // is renamed into place (never rewritten), and named by this engine's compatibility key.
-        // Modules are mapped (memory images then come from the file too); wasmtime
-        // maps components only by path, which pivot_root may move meanwhile.
-        let code = match kind {
-            BinaryKind::Module => Code::Module(unsafe { Module::deserialize_open_file(&engine, file) }?),
-            BinaryKind::Component => {
-                let data = read_all(file)?;
-                Code::Component(unsafe { Component::deserialize(&engine, data) }?)
-            }
-        };
-        Ok(Compiled { engine, code, early })
-    }
-}
-
 /// Where the init gets the compiled program.
 enum Source {
     /// The cache's file (the common case): the init maps it. Should that
@@ -118,6 +63,9 @@ enum Source {
     Cached { code: PathBuf, kind: BinaryKind, early: bool, program: PathBuf },
     /// Compiled by the monitor just now: the init inherits it, and its engine's trap handlers.
     Built(Compiled),
+    /// Loaded and linked by the preloading process this monitor was forked
+    /// from; the init inherits it, and keeps the code's file `fd` open.
+    Preloaded { linked: Prelinked, fd: Option<RawFd> },
 }
 
 /// A program found and compiled, ready for the init to load.
@@ -133,7 +81,8 @@ impl Prepared {
     /// Finds `module` (a path in the rootfs), or else the spec's entrypoint,
     /// in the bundle's rootfs (of the image whose ID is `image`), and
     /// compiles it unless `cache` holds its code for `engine` (the key of
-    /// `cache::engine_key`). Cache trouble only warns.
+    /// `cache::engine_key`). That code comes from `preloaded` when it is
+    /// this program's. Cache trouble only warns.
     pub fn prepare(
         bundle: &Path,
         spec: &Spec,
@@ -141,6 +90,7 @@ impl Prepared {
         engine: &str,
         image: &str,
         module: Option<&Path>,
+        preloaded: Option<&Preloaded>,
     ) -> Result<Prepared, LoadError> {
         let rel = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
         let root = bundle.join(&rel);
@@ -159,24 +109,18 @@ impl Prepared {
         let func = detect::entry_func(spec).map(str::to_string);
         let inside = Path::new("/").join(file.strip_prefix(&root).unwrap_or(&file));
         // Without both keys (a record older than them) nothing is cached: names could collide.
-        let cached = |kind, early| {
-            (!engine.is_empty() && !image.is_empty()).then(|| cache::path(cache, image, &inside, engine, kind, early))
-        };
-        let entries = [BinaryKind::Module, BinaryKind::Component]
-            .into_iter()
-            .flat_map(|kind| [true, false].map(|early| (kind, early)));
-        for (kind, early) in entries {
-            if let Some(code) = cached(kind, early).filter(|p| p.is_file()) {
-                return Prepared::new(Source::Cached { code, kind, early, program: file }, func, name);
-            }
+        let keyed = !engine.is_empty() && !image.is_empty();
+        if let Some((code, kind, early)) = keyed.then(|| find_cached(cache, engine, image, &inside)).flatten() {
+            let source = match preloaded.filter(|p| p.code == code) {
+                Some(p) => Source::Preloaded { linked: p.linked.clone(), fd: p.fd },
+                None => Source::Cached { code, kind, early, program: file },
+            };
+            return Prepared::new(source, func, name);
         }
         let bytes = std::fs::read(&file).map_err(|source| LoadError::Read { path: path.clone(), source })?;
         let (compiled, serialized) = Compiled::new(&bytes, &path)?;
-        let kind = match compiled.code {
-            Code::Module(_) => BinaryKind::Module,
-            Code::Component(_) => BinaryKind::Component,
-        };
-        if let Some(to) = cached(kind, compiled.early) {
+        if keyed {
+            let to = cache::path(cache, image, &inside, engine, compiled.kind(), compiled.early());
             let stored = serialized.map_err(|e| format!("{e:#}")).and_then(|data| cache::store(&data, &to));
             if let Err(e) = stored {
                 eprintln!("cricket: warning: caching the compiled {path}: {e}");
@@ -188,7 +132,8 @@ impl Prepared {
     fn new(source: Source, func: Option<String>, name: String) -> Result<Prepared, LoadError> {
         let component = match &source {
             Source::Cached { kind, .. } => *kind == BinaryKind::Component,
-            Source::Built(compiled) => matches!(compiled.code, Code::Component(_)),
+            Source::Built(compiled) => compiled.kind() == BinaryKind::Component,
+            Source::Preloaded { linked, .. } => matches!(linked.pre, Pre::Component(_)),
         };
         match func {
             Some(func) if component => Err(LoadError::ComponentFunc { path: name, func }),
@@ -200,49 +145,45 @@ impl Prepared {
     /// instantiated when that runs none of it.
     fn load(&self, opened: Opened, args: Vec<String>, env: Vec<String>) -> Result<Program, LoadError> {
         let mut warnings = Vec::new();
-        let Compiled { engine, code, early } = match opened {
-            Opened::Built(compiled) => compiled,
+        let name = &self.name;
+        let linked = match opened {
+            Opened::Linked(linked) => linked,
+            Opened::Built(compiled) => compiled.link(name)?,
             Opened::Files { code, kind, early, path, program } => {
                 match code.and_then(|file| Compiled::load(file, kind, early).map_err(|e| format!("{e:#}"))) {
                     Ok(compiled) => compiled,
                     Err(reason) => {
-                        warnings.push(format!("compiled code {path}: {reason}; compiling {} again", self.name));
+                        warnings.push(format!("compiled code {path}: {reason}; compiling {name} again"));
                         let bytes = program.and_then(|file| read_all(file).map_err(|e| format!("{e:#}")));
-                        let bytes = bytes.map_err(|reason| LoadError::Invalid { path: self.name.clone(), reason })?;
-                        Compiled::new(&bytes, &self.name)?.0
+                        let bytes = bytes.map_err(|reason| LoadError::Invalid { path: name.clone(), reason })?;
+                        Compiled::new(&bytes, name)?.0
                     }
                 }
+                .link(name)?
             }
         };
-        let name = &self.name;
         let invalid = |e: wasmtime::Error| LoadError::Invalid { path: name.clone(), reason: format!("{e:#}") };
-        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
         // Host calls are async, driven on the program's own thread: no runtime
         // threads (wasmtime-wasi's sync calls would make one per CPU of the node).
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| LoadError::Engine(format!("starting the WASI runtime: {e}")))?;
-        let mut linked = match code {
-            Code::Module(module) => {
-                let entry = module.get_export(&self.func).and_then(|e| e.func().cloned());
+        let Prelinked { engine, pre, early } = linked;
+        let mut linked = match pre {
+            Pre::Module(pre) => {
+                let entry = pre.module().get_export(&self.func).and_then(|e| e.func().cloned());
                 if !entry.is_some_and(|f| f.params().len() == 0 && f.results().len() == 0) {
                     let reason = format!("no exported function `{}` taking and returning nothing", self.func);
                     return Err(LoadError::Invalid { path: name.clone(), reason });
                 }
-                let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |cx| cx).map_err(engine_err)?;
-                let pre = linker.instantiate_pre(&module).map_err(invalid)?;
                 // A stand-in context until `settle`: instantiating calls no host function
                 // (if it runs a start function, that happens after `settle`).
                 let mut store = Store::new(&engine, WasiCtxBuilder::new().build_p1());
                 interruptible(&mut store);
                 Linked::Module { store, pre, func: self.func.clone(), entry: None }
             }
-            Code::Component(component) => {
-                let mut linker = wasmtime::component::Linker::<Host>::new(&engine);
-                wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
-                let pre = linker.instantiate_pre(&component).and_then(CommandPre::new).map_err(invalid)?;
+            Pre::Component(pre) => {
                 let host = Host { ctx: WasiCtxBuilder::new().build(), table: ResourceTable::new() };
                 let mut store = Store::new(&engine, host);
                 interruptible(&mut store);
@@ -256,12 +197,6 @@ impl Prepared {
     }
 }
 
-fn read_all(mut file: std::fs::File) -> std::io::Result<Vec<u8>> {
-    let mut data = Vec::new();
-    std::io::Read::read_to_end(&mut file, &mut data)?;
-    Ok(data)
-}
-
 /// What the init's main thread opens for the loading thread, while the host's files are in reach.
 enum Opened {
     Files {
@@ -272,6 +207,7 @@ enum Opened {
         program: Result<std::fs::File, String>,
     },
     Built(Compiled),
+    Linked(Prelinked),
 }
 
 impl InProcess for Prepared {
@@ -286,12 +222,20 @@ impl InProcess for Prepared {
                 program: open(program),
             },
             Source::Built(compiled) => Opened::Built(compiled.clone()),
+            Source::Preloaded { linked, .. } => Opened::Linked(linked.clone()),
         };
         let (args, env) = (args.to_vec(), env.to_vec());
         Box::new(move || {
             let loaded = self.load(opened, args, env).map_err(failure)?;
             Ok(Box::new(loaded) as Box<dyn Loaded>)
         })
+    }
+
+    fn kept_fd(&self) -> Option<RawFd> {
+        match self.source {
+            Source::Preloaded { fd, .. } => fd,
+            _ => None,
+        }
     }
 }
 
@@ -385,18 +329,6 @@ async fn module_entry(
 ) -> wasmtime::Result<TypedFunc<(), ()>> {
     let instance = pre.instantiate_async(&mut *store).await?;
     instance.get_typed_func::<(), ()>(store, func)
-}
-
-/// A component's store data: WASI preview 2 state.
-struct Host {
-    ctx: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
-    }
 }
 
 /// Wasm code traps at its next epoch check once a stop signal bumps the engine's epoch.
@@ -513,7 +445,7 @@ mod tests {
     fn load(bundle: &Path, args: &[&str], cache: &Path, module: Option<&Path>) -> Result<Warned, String> {
         let spec = spec(bundle, args);
         let prepared =
-            Prepared::prepare(bundle, &spec, cache, "test", "sha256:img", module).map_err(|e| e.to_string())?;
+            Prepared::prepare(bundle, &spec, cache, "test", "sha256:img", module, None).map_err(|e| e.to_string())?;
         let args: Vec<String> = spec.process().as_ref().unwrap().args().clone().unwrap();
         let mut loaded = prepared.begin(&args, &[])().map_err(|f| f.message)?;
         let warnings = loaded.settle().map_err(|f| f.message)?;

@@ -648,7 +648,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`; returns the exit status.
-    fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+    pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -859,6 +859,20 @@ impl Daemon {
             }
         }
         pids
+    }
+
+    /// This daemon's processes that keep a wasm program loaded (`cricket wasm-preload`).
+    pub fn preloader_pids(&self) -> Vec<i32> {
+        let preloading = |pid: &i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"cricket\0wasm-preload\0"))
+        };
+        self.helper_pids().into_iter().filter(preloading).collect()
+    }
+
+    /// Monitors and helpers, without the processes keeping wasm programs loaded.
+    pub fn helpers_but_preloaders(&self) -> Vec<i32> {
+        let preloaders = self.preloader_pids();
+        self.helper_pids().into_iter().filter(|p| !preloaders.contains(p)).collect()
     }
 
     /// Addresses host-local holds for `net` (one file per address in its dataDir).

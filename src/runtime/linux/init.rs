@@ -33,7 +33,11 @@ pub fn stage1(args: &InitArgs, stdio: InitStdio, channel: Channel) -> ! {
         super::Workload::Spec => &[],
     };
     super::signals::reset_for_workload(keep);
-    let channel = match install_stdio(stdio, channel) {
+    let kept = match args.workload {
+        super::Workload::InProcess(w) => w.kept_fd(),
+        super::Workload::Spec => None,
+    };
+    let channel = match install_stdio(stdio, channel, kept) {
         Ok(c) => c,
         Err(e) => exit_with(None, e.0, 1),
     };
@@ -52,8 +56,8 @@ fn exit_with(channel: Option<&Channel>, message: String, code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// stdio onto 0-2, the channel onto 3, everything else closed.
-fn install_stdio(stdio: InitStdio, channel: Channel) -> StepResult<Channel> {
+/// stdio onto 0-2, the channel onto 3, everything else closed but `kept` (>= 10).
+fn install_stdio(stdio: InitStdio, channel: Channel, kept: Option<RawFd>) -> StepResult<Channel> {
     // Move all four above the low fds first: the sources may themselves be 0-3.
     let high = |fd: RawFd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).ctx("dup");
     let fds = [high(stdio.stdin.as_raw_fd())?, high(stdio.stdout.as_raw_fd())?, high(stdio.stderr.as_raw_fd())?];
@@ -63,9 +67,15 @@ fn install_stdio(stdio: InitStdio, channel: Channel) -> StepResult<Channel> {
         nix::unistd::dup2(*fd, target as RawFd).ctx("dup2 stdio")?;
     }
     nix::unistd::dup3(chan, 3, nix::fcntl::OFlag::O_CLOEXEC).ctx("dup3 channel")?;
-    // SAFETY: close_range on fds this process owns; nothing refers to them afterwards.
-    if unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) } != 0 {
-        return Err(nix::errno::Errno::last()).ctx("close_range");
+    let ranges = match kept {
+        Some(fd) if fd >= 10 => vec![(4, fd as u32 - 1), (fd as u32 + 1, u32::MAX)],
+        _ => vec![(4, u32::MAX)],
+    };
+    for (first, last) in ranges {
+        // SAFETY: close_range on fds this process owns; nothing refers to them afterwards.
+        if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) } != 0 {
+            return Err(nix::errno::Errno::last()).ctx("close_range");
+        }
     }
     // SAFETY: fd 3 was just made the channel and is owned by nothing else.
     Ok(Channel(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(3) }))

@@ -35,7 +35,7 @@ mod signals;
 mod step;
 mod sync;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -81,6 +81,12 @@ pub trait InProcess: Sync {
     /// settings only installs its own signal handlers. The thread ends
     /// before the process's user, capabilities and seccomp are set.
     fn begin(&self, args: &[String], env: &[String]) -> LoadJob<'_>;
+
+    /// An fd (>= 10) of the monitor's that the loaded workload uses, which
+    /// the init keeps open while it closes every other inherited one.
+    fn kept_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// The part of loading that runs alongside the container's setup.
