@@ -16,8 +16,8 @@ use super::detect::runs_code_when_instantiated;
 use super::run::LoadError;
 use crate::image::wasm::{binary_kind, BinaryKind};
 
-/// The lowest fd a preloaded program's code file may have: the init puts
-/// its stdio and channel on 0-3, and keeps this one open for the program.
+/// The lowest fd a module's code may have: the init puts its stdio and
+/// channel on 0-3, and keeps a preloaded module's code open.
 const CODE_FD_MIN: RawFd = 10;
 
 #[derive(Clone)]
@@ -59,21 +59,30 @@ impl Compiled {
         Ok((Compiled { engine, code, early: !runs_code_when_instantiated(&binary) }, serialized))
     }
 
-    /// Maps (modules) or reads (components) code from the cache.
-    pub(super) fn load(file: std::fs::File, kind: BinaryKind, early: bool) -> wasmtime::Result<Compiled> {
+    /// Maps (modules) or reads (components) code from the cache; for a
+    /// module, also the fd its code stays mapped from (memory images too).
+    pub(super) fn load(
+        file: std::fs::File,
+        kind: BinaryKind,
+        early: bool,
+    ) -> wasmtime::Result<(Compiled, Option<RawFd>)> {
         let engine = cache::new_engine().map_err(wasmtime::Error::msg)?;
         // SAFETY: the cache is written only by cricket, under its root dir, synced before it
         // is renamed into place (never rewritten), and named by this engine's compatibility key.
-        // Modules are mapped (memory images then come from the file too); wasmtime
-        // maps components only by path, which pivot_root may move meanwhile.
-        let code = match kind {
-            BinaryKind::Module => Code::Module(unsafe { Module::deserialize_open_file(&engine, file) }?),
+        // Modules are mapped from a sealed copy; wasmtime maps components only by path,
+        // which pivot_root may move meanwhile.
+        let (code, fd) = match kind {
+            BinaryKind::Module => {
+                let sealed = sealed_copy(file)?;
+                let fd = sealed.as_raw_fd();
+                (Code::Module(unsafe { Module::deserialize_open_file(&engine, sealed) }?), Some(fd))
+            }
             BinaryKind::Component => {
                 let data = read_all(file)?;
-                Code::Component(unsafe { Component::deserialize(&engine, data) }?)
+                (Code::Component(unsafe { Component::deserialize(&engine, data) }?), None)
             }
         };
-        Ok(Compiled { engine, code, early })
+        Ok((Compiled { engine, code, early }, fd))
     }
 
     pub(super) fn early(&self) -> bool {
@@ -150,6 +159,24 @@ pub(super) fn find_cached(
         .find(|(path, _, _)| path.is_file())
 }
 
+/// `file`'s content in a sealed memfd (at fd CODE_FD_MIN or above), for
+/// mapping. A module's code file stays open in the containers that run it,
+/// where root could reopen it for writing through /proc/<pid>/fd; a sealed
+/// copy can't be written by anyone, so the cache file stays out of reach.
+fn sealed_copy(mut file: std::fs::File) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let memfd = memfd_create(c"cricket-wasm-code", MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING)?;
+    let high = fcntl(memfd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(CODE_FD_MIN))?;
+    drop(memfd);
+    // SAFETY: F_DUPFD_CLOEXEC just returned this descriptor; nothing else owns it.
+    let mut copy = unsafe { std::fs::File::from_raw_fd(high) };
+    std::io::copy(&mut file, &mut copy)?;
+    let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    fcntl(copy.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(copy)
+}
+
 pub(super) fn read_all(mut file: std::fs::File) -> std::io::Result<Vec<u8>> {
     let mut data = Vec::new();
     std::io::Read::read_to_end(&mut file, &mut data)?;
@@ -160,7 +187,7 @@ pub(super) fn read_all(mut file: std::fs::File) -> std::io::Result<Vec<u8>> {
 pub struct Preloaded {
     /// The cache entry it was loaded from.
     pub(super) code: PathBuf,
-    /// That file, for a module: open for its memory images (>= CODE_FD_MIN).
+    /// A module's sealed copy of it, open for its memory images (>= CODE_FD_MIN).
     pub(super) fd: Option<RawFd>,
     pub(super) linked: Prelinked,
 }
@@ -172,17 +199,10 @@ impl Preloaded {
         let name = program.display().to_string();
         let (code, kind, early) = find_cached(dir, engine, image, program)
             .ok_or_else(|| LoadError::Invalid { path: name.clone(), reason: "no compiled code in the cache".into() })?;
-        let read = |source| LoadError::Read { path: code.display().to_string(), source };
-        let file = std::fs::File::open(&code).map_err(read)?;
-        let fd = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(CODE_FD_MIN))
-            .map_err(|e| read(e.into()))?;
-        drop(file);
-        // SAFETY: F_DUPFD_CLOEXEC just returned this descriptor; nothing else owns it.
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        let compiled = Compiled::load(file, kind, early)
+        let file = std::fs::File::open(&code)
+            .map_err(|source| LoadError::Read { path: code.display().to_string(), source })?;
+        let (compiled, fd) = Compiled::load(file, kind, early)
             .map_err(|e| LoadError::Invalid { path: code.display().to_string(), reason: format!("{e:#}") })?;
-        // A component's code was read; the file is closed.
-        let fd = (kind == BinaryKind::Module).then_some(fd);
         Ok(Preloaded { linked: compiled.link(&name)?, code, fd })
     }
 }
