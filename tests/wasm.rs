@@ -323,7 +323,7 @@ impl Fixture {
         let preloaders = d.preloader_pids();
         // They go with the daemon, on their own.
         d.stop(Duration::from_secs(10));
-        wait_gone(&preloaders).await;
+        wait_gone(&preloaders, 10).await;
         drop(d);
         self.net.finish();
     }
@@ -685,9 +685,9 @@ async fn crun_wasm_annotations_act_only_where_allowed() {
     f.finish(&[&wasm_pod, &crun_pod, &plain_pod]).await;
 }
 
-/// Waits (10 s at most) until none of `pids` runs.
-async fn wait_gone(pids: &[i32]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Waits (`secs` at most) until none of `pids` runs.
+async fn wait_gone(pids: &[i32], secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
     while let Some(pid) = pids.iter().find(|p| is_running(**p)) {
         assert!(Instant::now() < deadline, "process {pid} still runs");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -770,13 +770,12 @@ async fn preloaded_programs_fork_monitors_and_go_with_the_daemon_or_the_image() 
     let monitor = f.monitor(&spin2).await;
     assert_eq!(parent(monitor), spin_preloader);
     assert_eq!(cmdline(monitor)[..3], ["cricket", "monitor", "--config"]);
-    assert_ne!(parent(f.monitor(&spin1).await), spin_preloader);
     f.wait_output("pre", "spin2", "stdout F spinning").await;
     assert_eq!(f.init_threads(&spin2).await.len(), 2);
 
     // A restart lets the preloaded programs go; the containers they started live on.
     f.d.restart().await;
-    wait_gone(&[preloader, spin_preloader]).await;
+    wait_gone(&[preloader, spin_preloader], 10).await;
     for id in [&spin2, &spin1] {
         let req = cri::StopContainerRequest { container_id: id.clone(), timeout: 30 };
         f.d.runtime().await.stop_container(req).await.expect("StopContainer");
@@ -786,26 +785,45 @@ async fn preloaded_programs_fork_monitors_and_go_with_the_daemon_or_the_image() 
     let again = f.run(&pod, &pc, f.container("spin3", &["/spin.wasm"], &[])).await;
     let preloader = wait_preloader(&f.d, &[]).await;
     f.d.remove(&f.image).await.expect("RemoveImage");
-    wait_gone(&[preloader]).await;
+    wait_gone(&[preloader], 10).await;
     let req = cri::StopContainerRequest { container_id: again, timeout: 30 };
     f.d.runtime().await.stop_container(req).await.expect("StopContainer");
     f.finish(&[&pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn preloaded_programs_go_when_idle_or_over_the_limit() {
-    let f = Fixture::with_config("[wasm]\npreloaded = 1\npreload_idle_secs = 2\n").await;
+async fn preloaded_programs_go_when_over_the_limit_or_stuck() {
+    let f = Fixture::with_config("[wasm]\npreloaded = 1\n").await;
     let (pod, pc) = f.pod("limit").await;
     let two = f.run(&pod, &pc, f.container("two", &["/two.wat"], &[])).await;
     assert_eq!(f.wait_exit(&two).await.exit_code, 1);
     let first = wait_preloader(&f.d, &[]).await;
-    // Room for one: the least recently used goes.
+    // Room for one: the least recently used goes at once.
     let trap = f.run(&pod, &pc, f.container("trap", &["/trap.wasm"], &[])).await;
     assert_eq!(f.wait_exit(&trap).await.exit_code, 1);
     let second = wait_preloader(&f.d, &[first]).await;
-    wait_gone(&[first]).await;
-    // Unused for 2 s, it exits.
-    wait_gone(&[second]).await;
+    wait_gone(&[first], 2).await;
+    // One that takes no request (stopped) is killed, and the container gets a monitor of its own.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let again = f.create(&pod, &pc, f.container("again", &["/trap.wasm"], &[])).await;
+    assert_ne!(parent(f.monitor(&again).await), second);
+    wait_gone(&[second], 10).await;
+    f.start(&again).await.expect("StartContainer");
+    assert_eq!(f.wait_exit(&again).await.exit_code, 1);
+    assert!(f.log("limit", "again").iter().any(|l| l.contains("wasm trap")));
+    // And the program is preloaded again.
+    wait_preloader(&f.d, &[first, second]).await;
+    f.finish(&[&pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preloaded_programs_go_when_idle() {
+    let f = Fixture::with_config("[wasm]\npreload_idle_secs = 1\n").await;
+    let (pod, pc) = f.pod("idle").await;
+    let two = f.run(&pod, &pc, f.container("two", &["/two.wat"], &[])).await;
+    assert_eq!(f.wait_exit(&two).await.exit_code, 1);
+    let preloader = wait_preloader(&f.d, &[]).await;
+    wait_gone(&[preloader], 10).await;
     assert!(f.d.preloader_pids().is_empty());
     f.finish(&[&pod]).await;
 }

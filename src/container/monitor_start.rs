@@ -19,7 +19,7 @@ impl Containers {
         program: Option<&Path>,
     ) -> Result<(Proc, Proc), String> {
         use crate::monitor::config::RuntimeKind;
-        use crate::wasm::pool::Program;
+        use crate::wasm::pool::{Program, Reply};
         process::write_config(config, path)?;
         let program = match (&config.runtime, program) {
             // Without both keys (a record older than them) nothing is cached.
@@ -30,9 +30,10 @@ impl Containers {
         };
         let pool = self.images.programs();
         if let Some(preloader) = pool.get(&program) {
-            match preloader.fork_monitor(path).await? {
-                Some(forked) => return process::handshake(forked.stdout, forked.stderr).await,
-                None => pool.lost(&program, &preloader),
+            match preloader.fork_monitor(path).await.map_err(|e| e.to_string())? {
+                Reply::Forked { stdout, stderr } => return process::handshake(stdout, stderr).await,
+                Reply::Declined { gone: true } => pool.lost(&program, &preloader),
+                Reply::Declined { gone: false } => return process::exec_monitor(path).await,
             }
         }
         let started = process::exec_monitor(path).await?;

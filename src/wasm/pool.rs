@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,12 +24,32 @@ use tokio::net::unix::pipe::Receiver;
 
 use super::preload::ACCEPTED;
 use crate::config::WasmConfig;
+use crate::container::Proc;
 use crate::sandbox::namespaces::helper_command;
 
 /// How long a preloading process may take to load its program.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long it may take to take a request (it forks one monitor at a time).
-const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long it may take to take a request (it forks one monitor at a time);
+/// one that takes longer is stuck (stopped, say) and is killed.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// After the kill, how long its last reply may take to show.
+const KILLED_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("socketpair: {0}")]
+    Socket(nix::Error),
+    #[error("cannot start cricket wasm-preload: {0}")]
+    Spawn(std::io::Error),
+    #[error("cricket wasm-preload: {0}")]
+    Load(String),
+    #[error("monitor pipe: {0}")]
+    Pipe(std::io::Error),
+    #[error("reading the reply of cricket wasm-preload: {0}")]
+    Read(std::io::Error),
+    #[error("bad reply from cricket wasm-preload: {0:?}")]
+    BadReply(String),
+}
 
 /// A program as the cache knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,17 +79,25 @@ enum State {
     Failed,
 }
 
-/// A running `cricket wasm-preload`; dropping the last handle lets it go.
+/// A running `cricket wasm-preload`; dropping the last handle kills it
+/// (one that works would exit on its socket's EOF anyway).
 pub struct Preloader {
     socket: OwnedFd,
-    pid: u32,
+    process: Proc,
 }
 
-/// The pipes of a monitor a preloading process forked: its stdout (the
-/// acknowledgement read) and its stderr.
-pub struct Forked {
-    pub stdout: BufReader<Receiver>,
-    pub stderr: Receiver,
+impl Drop for Preloader {
+    fn drop(&mut self) {
+        let _ = self.process.signal(libc::SIGKILL);
+    }
+}
+
+/// A preloading process's answer to a request.
+pub enum Reply {
+    /// The monitor was forked: its stdout (the acknowledgement read) and stderr.
+    Forked { stdout: BufReader<Receiver>, stderr: Receiver },
+    /// Nothing was forked; `gone` when the process is of no more use.
+    Declined { gone: bool },
 }
 
 impl Pool {
@@ -123,7 +151,8 @@ impl Pool {
             slot.used = Instant::now();
             match started {
                 Ok(p) => {
-                    tracing::info!(image = %program.image, program = %program.path.display(), pid = p.pid, "wasm program preloaded");
+                    let pid = p.process.pid;
+                    tracing::info!(image = %program.image, program = %program.path.display(), pid, "wasm program preloaded");
                     slot.state = State::Ready(p);
                 }
                 Err(e) => {
@@ -135,9 +164,9 @@ impl Pool {
     }
 
     /// Lets `preloader` go after it failed to take a request.
-    pub fn lost(&self, program: &Program, preloader: &Preloader) {
+    pub fn lost(&self, program: &Program, preloader: &Arc<Preloader>) {
         let mut slots = self.slots.lock().unwrap();
-        if slots.get(program).is_some_and(|s| matches!(&s.state, State::Ready(p) if p.pid == preloader.pid)) {
+        if slots.get(program).is_some_and(|s| matches!(&s.state, State::Ready(p) if Arc::ptr_eq(p, preloader))) {
             slots.remove(program);
         }
     }
@@ -148,17 +177,13 @@ impl Pool {
     }
 
     /// Runs a preloading process for `program` until it reports ready.
-    async fn start(self: &Arc<Self>, program: &Program) -> Result<Arc<Preloader>, String> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        )
-        .map_err(|e| format!("socketpair: {e}"))?;
+    async fn start(self: &Arc<Self>, program: &Program) -> Result<Arc<Preloader>, PoolError> {
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags).map_err(PoolError::Socket)?;
         // Its end blocks: the process waits in poll and recvmsg.
         nix::fcntl::fcntl(theirs.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
-            .map_err(|e| format!("socket flags: {e}"))?;
+            .map_err(PoolError::Socket)?;
         let mut child = helper_command()
             .arg("wasm-preload")
             .arg("--cache")
@@ -175,49 +200,56 @@ impl Pool {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("cannot start cricket wasm-preload: {e}"))?;
-        let pid = child.id().ok_or("cricket wasm-preload exited at once")?;
+            .map_err(PoolError::Spawn)?;
+        // Not reaped before the wait below: the pid is this process's.
+        let process = child.id().and_then(|pid| Proc::of(pid as i32));
         let watched = program.clone();
         let pool = Arc::downgrade(self);
         // Reaps it, and forgets it when it exits on its own (idle, or killed).
         tokio::spawn(async move {
             let _ = child.wait().await;
-            if let Some(pool) = pool.upgrade() {
+            if let (Some(pool), Some(process)) = (pool.upgrade(), process) {
                 let mut slots = pool.slots.lock().unwrap();
-                if slots.get(&watched).is_some_and(|s| matches!(&s.state, State::Ready(p) if p.pid == pid)) {
+                let exited = |s: &Slot| matches!(&s.state, State::Ready(p) if p.process == process);
+                if slots.get(&watched).is_some_and(exited) {
                     slots.remove(&watched);
                 }
             }
         });
-        // SAFETY: an OwnedFd stays open and keeps its descriptor for the AsyncFd's life.
-        let socket = unsafe { AsyncFd::register(ours) }.map_err(|e| format!("watching the socket: {e}"))?;
-        let reply = tokio::time::timeout(LOAD_TIMEOUT, async {
-            loop {
-                let mut ready = socket.readable().await.map_err(|e| e.to_string())?;
-                let mut buf = [0u8; 4096];
-                match ready.try_io(|s| Ok(nix::sys::socket::recv(s.as_raw_fd(), &mut buf, MsgFlags::empty())?)) {
-                    Ok(Ok(n)) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_would_block) => continue,
-                }
-            }
-        })
-        .await
-        .map_err(|_| format!("it did not load the program within {LOAD_TIMEOUT:?}"))??;
+        let process = process.ok_or_else(|| PoolError::Load("it exited at once".into()))?;
+        let preloader = Preloader { socket: ours, process };
+        let reply = tokio::time::timeout(LOAD_TIMEOUT, preloader.first_message())
+            .await
+            .map_err(|_| PoolError::Load(format!("it did not load the program within {LOAD_TIMEOUT:?}")))?
+            .map_err(PoolError::Read)?;
         match reply.as_str() {
-            "ready" => Ok(Arc::new(Preloader { socket: socket.into_inner(), pid })),
-            "" => Err("it exited while loading the program".into()),
-            other => Err(other.strip_prefix("failed: ").unwrap_or(other).to_string()),
+            "ready" => Ok(Arc::new(preloader)),
+            "" => Err(PoolError::Load("it exited while loading the program".into())),
+            other => Err(PoolError::Load(other.strip_prefix("failed: ").unwrap_or(other).to_string())),
         }
     }
 }
 
 impl Preloader {
+    /// Its first message: "ready" or "failed: <reason>" ("" at EOF).
+    async fn first_message(&self) -> std::io::Result<String> {
+        // SAFETY: the socket stays open, and keeps its descriptor, for the AsyncFd's life.
+        let socket = unsafe { AsyncFd::register(self.socket.as_fd()) }?;
+        loop {
+            let mut ready = socket.readable().await?;
+            let mut buf = [0u8; 4096];
+            match ready.try_io(|s| Ok(nix::sys::socket::recv(s.as_raw_fd(), &mut buf, MsgFlags::empty())?)) {
+                Ok(read) => return read.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
     /// Asks for the monitor of the container whose `monitor.json` is at
-    /// `config`. None when the process took no request (it exited, or its
-    /// queue is full): nothing was forked, the caller starts the monitor itself.
-    pub async fn fork_monitor(&self, config: &Path) -> Result<Option<Forked>, String> {
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    /// `config`. One that doesn't take the request within ACCEPT_TIMEOUT is
+    /// killed, and its reply read again: it may have forked just before.
+    pub async fn fork_monitor(&self, config: &Path) -> Result<Reply, PoolError> {
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| PoolError::Pipe(e.into()));
         let ((out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?);
         let fds = [out_w.as_raw_fd(), err_w.as_raw_fd()];
         let sent = sendmsg::<()>(
@@ -228,20 +260,32 @@ impl Preloader {
             None,
         );
         drop((out_w, err_w));
-        if sent.is_err() {
-            return Ok(None);
+        match sent {
+            Ok(_) => {}
+            // Busy with a burst of requests: this one starts its monitor itself.
+            Err(nix::errno::Errno::EAGAIN) => return Ok(Reply::Declined { gone: false }),
+            Err(_) => return Ok(Reply::Declined { gone: true }),
         }
-        let receiver = |fd: OwnedFd| Receiver::from_owned_fd(fd).map_err(|e| format!("monitor pipe: {e}"));
-        let mut stdout = BufReader::new(receiver(out_r)?);
-        let stderr = receiver(err_r)?;
+        let mut stdout = BufReader::new(Receiver::from_owned_fd(out_r).map_err(PoolError::Pipe)?);
+        let stderr = Receiver::from_owned_fd(err_r).map_err(PoolError::Pipe)?;
         let mut line = String::new();
-        // On a timeout the pipes close: a late acknowledgement fails, and nothing is forked.
-        match tokio::time::timeout(ACCEPT_TIMEOUT, stdout.read_line(&mut line)).await {
-            Err(_) => Err(format!("the wasm program's preloading process took no request within {ACCEPT_TIMEOUT:?}")),
-            Ok(Err(e)) => Err(format!("reading the preloading process's reply: {e}")),
-            Ok(Ok(0)) => Ok(None),
-            Ok(Ok(_)) if line.trim_end() == ACCEPTED => Ok(Some(Forked { stdout, stderr })),
-            Ok(Ok(_)) => Err(format!("bad reply from the preloading process: {line:?}")),
+        let read = match tokio::time::timeout(ACCEPT_TIMEOUT, stdout.read_line(&mut line)).await {
+            Ok(read) => read,
+            Err(_) => {
+                tracing::warn!(
+                    pid = self.process.pid,
+                    "cricket wasm-preload took no request in {ACCEPT_TIMEOUT:?}: killed"
+                );
+                let _ = self.process.signal(libc::SIGKILL);
+                tokio::time::timeout(KILLED_TIMEOUT, stdout.read_line(&mut line))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("no end of output after the kill")))
+            }
+        };
+        match read.map_err(PoolError::Read)? {
+            0 => Ok(Reply::Declined { gone: true }),
+            _ if line.trim_end() == ACCEPTED => Ok(Reply::Forked { stdout, stderr }),
+            _ => Err(PoolError::BadReply(line)),
         }
     }
 }

@@ -89,6 +89,14 @@ pub fn main(args: &PreloadArgs) -> ExitCode {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("receiving a request: {0}")]
+    Receive(nix::Error),
+    #[error("a request needs a config path and two descriptors")]
+    Malformed,
+}
+
 /// A monitor to fork: its config, and its stdout and stderr.
 struct Request {
     config: PathBuf,
@@ -97,15 +105,15 @@ struct Request {
 }
 
 /// The next request; None once the daemon's end is closed.
-fn receive(socket: BorrowedFd) -> Result<Option<Request>, String> {
+fn receive(socket: BorrowedFd) -> Result<Option<Request>, RequestError> {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut space = nix::cmsg_space!([RawFd; 2]);
     let (len, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(|e| format!("receiving a request: {e}"))?;
+            .map_err(RequestError::Receive)?;
         let mut fds = Vec::new();
-        for cmsg in msg.cmsgs().map_err(|e| format!("receiving a request: {e}"))? {
+        for cmsg in msg.cmsgs().map_err(RequestError::Receive)? {
             if let ControlMessageOwned::ScmRights(received) = cmsg {
                 // SAFETY: SCM_RIGHTS just installed these descriptors in this process.
                 fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
@@ -122,7 +130,7 @@ fn receive(socket: BorrowedFd) -> Result<Option<Request>, String> {
         (Some(stdout), Some(stderr), None, false) => {
             Ok(Some(Request { config: PathBuf::from(OsString::from_vec(buf)), stdout, stderr }))
         }
-        _ => Err("a request needs a config path and two descriptors".into()),
+        _ => Err(RequestError::Malformed),
     }
 }
 
