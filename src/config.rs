@@ -578,6 +578,8 @@ mod tests {
             ("[registries.hosts.\"docker.io\"]\nmirrors = [\"ftp://x\"]\n", "ftp"),
             ("[runtimes.runc]\ntype = \"oci\"\n", "runtimes.runc"),
             ("[runtimes.wasm]\ntype = \"wasm\"\npath = \"/x\"\n", "runtimes.wasm.path"),
+            ("[wasm]\npreload_idle_secs = 0\n", "wasm.preload_idle_secs"),
+            ("[wasm]\npreloaded = -1\n", "preloaded"),
             ("[runtimes.x]\ntype = \"linux\"\nmonitor_cgroup = \"relative/dir\"\n", "runtimes.x.monitor_cgroup"),
             ("[runtimes.x]\ntype = \"linux\"\nmonitor_cgroup = \"/a/../b\"\n", "runtimes.x.monitor_cgroup"),
             ("[runtimes.x]\ntype = \"linux\"\nmonitor_cgroup = \"mon.slice\"\n", "runtimes.x.monitor_cgroup"),
