@@ -7,9 +7,11 @@
 # `wasm` handler (private config, socket, state dirs), pulls both, runs a pod
 # on the default handler and one on `wasm`, then ROUNDS times each of:
 #   linux  the static binary, in the default handler's pod;
-#   cold   the module with an empty compile cache (root/wasm-cache removed
-#          first, untimed): the first start of the image, compiled by Cranelift;
-#   warm   the module again, its compiled code in the cache;
+#   cold   the module of an image just pulled (removed and pulled again
+#          first, untimed): the first start of the image, compiled by
+#          Cranelift, with no compiled code cached and no program preloaded;
+#   warm   the module again: its compiled code cached, and preloaded (its
+#          monitor forked by the process that holds it, `[wasm] preloaded`);
 # linux and warm in turn (the order swaps every round, so load drift hits
 # both alike), then the cold runs on their own: the teardown of a process
 # that compiled a module would weigh on whatever runs next.
@@ -113,7 +115,10 @@ wait_exited() {
 run_one() {
 	local kind=$1 name=$2 timed=$3 cfg id t0 code c0 s0 c1 s1
 	cfg=$(ctr_config "$name" "${IMG[$kind]}")
-	[ "$kind" = cold ] && rm -rf "$CACHE"
+	if [ "$kind" = cold ]; then
+		cri cricket rmi "${IMG[cold]}" >/dev/null
+		cri cricket pull "${IMG[cold]}" >/dev/null
+	fi
 	sleep "$PAUSE"
 	read -r c0 s0 <<<"$(cricket_rpc_secs_each CreateContainer StartContainer)"
 	t0=$EPOCHREALTIME
@@ -179,7 +184,7 @@ summary() {
 	local -A med
 	read -r ver _ <<<"$(stats "$T_VER")"
 	two=$(awk -v v="$ver" 'BEGIN { print 2 * v }')
-	declare -A what=([linux]="linux, static binary" [cold]="wasm cold, empty cache" [warm]="wasm warm, cached")
+	declare -A what=([linux]="linux, static binary" [cold]="wasm cold, just pulled" [warm]="wasm warm, preloaded")
 	echo
 	printf 'CreateContainer+StartContainer, %d runs each (ms): daemon side median p90 | crictl minus its %.1f ms median p90\n' \
 		"$ROUNDS" "$(awk -v v="$ver" 'BEGIN { print v / 1000 }')"
