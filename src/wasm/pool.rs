@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,7 @@ pub struct Pool {
     cache: PathBuf,
     config: WasmConfig,
     slots: Mutex<HashMap<Program, Slot>>,
+    starts: AtomicU64,
 }
 
 struct Slot {
@@ -73,7 +75,9 @@ struct Slot {
 }
 
 enum State {
-    Starting,
+    /// The `n`th start of a preloading process (told apart from a later one
+    /// after the slot was forgotten and taken again).
+    Starting(u64),
     Ready(Arc<Preloader>),
     /// Not tried again for `preload_idle_secs`.
     Failed,
@@ -102,7 +106,7 @@ pub enum Reply {
 
 impl Pool {
     pub fn new(cache: PathBuf, config: WasmConfig) -> Pool {
-        Pool { cache, config, slots: Mutex::default() }
+        Pool { cache, config, slots: Mutex::default(), starts: AtomicU64::new(0) }
     }
 
     /// The program's preloading process, if it is running.
@@ -121,6 +125,9 @@ impl Pool {
             return;
         }
         let idle = Duration::from_secs(self.config.preload_idle_secs);
+        let start = self.starts.fetch_add(1, Ordering::Relaxed);
+        // Dropped (killed) once the lock is released.
+        let mut evicted = Vec::new();
         {
             let mut slots = self.slots.lock().unwrap();
             match slots.get(&program) {
@@ -128,26 +135,27 @@ impl Pool {
                 Some(_) => return,
                 None => {}
             }
-            slots.remove(&program);
+            evicted.extend(slots.remove(&program));
             while slots.len() >= self.config.preloaded {
                 let oldest = slots
                     .iter()
-                    .filter(|(_, s)| !matches!(s.state, State::Starting))
+                    .filter(|(_, s)| !matches!(s.state, State::Starting(_)))
                     .min_by_key(|(_, s)| s.used)
                     .map(|(p, _)| p.clone());
                 match oldest {
-                    Some(p) => slots.remove(&p),
+                    Some(p) => evicted.extend(slots.remove(&p)),
                     None => return,
-                };
+                }
             }
-            slots.insert(program.clone(), Slot { state: State::Starting, used: Instant::now() });
+            slots.insert(program.clone(), Slot { state: State::Starting(start), used: Instant::now() });
         }
         let pool = self.clone();
         tokio::spawn(async move {
             let started = pool.start(&program).await;
             let mut slots = pool.slots.lock().unwrap();
-            // Forgotten meanwhile (its image removed): dropping it lets it go.
-            let Some(slot) = slots.get_mut(&program).filter(|s| matches!(s.state, State::Starting)) else { return };
+            // Forgotten meanwhile (its image removed, maybe pulled again): dropping it lets it go.
+            let ours = |s: &&mut Slot| matches!(s.state, State::Starting(n) if n == start);
+            let Some(slot) = slots.get_mut(&program).filter(ours) else { return };
             slot.used = Instant::now();
             match started {
                 Ok(p) => {
@@ -167,13 +175,16 @@ impl Pool {
     pub fn lost(&self, program: &Program, preloader: &Arc<Preloader>) {
         let mut slots = self.slots.lock().unwrap();
         if slots.get(program).is_some_and(|s| matches!(&s.state, State::Ready(p) if Arc::ptr_eq(p, preloader))) {
+            // The caller's handle outlives the lock: the kill happens when it drops.
             slots.remove(program);
         }
     }
 
     /// Lets the programs of a removed image go.
     pub fn forget_image(&self, image: &str) {
-        self.slots.lock().unwrap().retain(|p, _| p.image != image);
+        let gone: Vec<(Program, Slot)> = self.slots.lock().unwrap().extract_if(|p, _| p.image == image).collect();
+        // Killed here, once the lock is released.
+        drop(gone);
     }
 
     /// Runs a preloading process for `program` until it reports ready.
@@ -209,11 +220,12 @@ impl Pool {
         tokio::spawn(async move {
             let _ = child.wait().await;
             if let (Some(pool), Some(process)) = (pool.upgrade(), process) {
-                let mut slots = pool.slots.lock().unwrap();
                 let exited = |s: &Slot| matches!(&s.state, State::Ready(p) if p.process == process);
-                if slots.get(&watched).is_some_and(exited) {
-                    slots.remove(&watched);
-                }
+                let gone = {
+                    let mut slots = pool.slots.lock().unwrap();
+                    slots.get(&watched).is_some_and(exited).then(|| slots.remove(&watched))
+                };
+                drop(gone);
             }
         });
         let process = process.ok_or_else(|| PoolError::Load("it exited at once".into()))?;
