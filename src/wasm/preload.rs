@@ -8,9 +8,8 @@
 //! Its stdin is a SOCK_SEQPACKET socket to the daemon. It first sends
 //! `ready` (or `failed: <reason>`) and then takes requests: the path of a
 //! `monitor.json`, with the write ends of the monitor's stdout and stderr
-//! pipes. It writes [`ACCEPTED`] to that stdout before it forks: without
-//! that line the daemon knows nothing was forked and starts the monitor
-//! itself. It exits when the daemon's end closes (the daemon stopped, or let
+//! pipes. The fork writes [`ACCEPTED`] to that stdout first: without that
+//! line the daemon knows no monitor lives and starts one itself. It exits when the daemon's end closes (the daemon stopped, or let
 //! the program go) or when no request came for `--idle-secs`.
 
 use std::ffi::OsString;
@@ -134,16 +133,20 @@ fn receive(socket: BorrowedFd) -> Result<Option<Request>, RequestError> {
     }
 }
 
-/// Acknowledges the request on its stdout, then forks its monitor.
+/// Forks the request's monitor. The fork first acknowledges the request on
+/// its stdout: the daemon reads "accepted" only when a monitor is alive, and
+/// without it (EOF) knows that none is.
 fn serve(request: Request, socket: &OwnedFd, preloaded: &Preloaded) {
-    let mut out = std::fs::File::from(request.stdout);
-    if writeln!(out, "{ACCEPTED}").is_err() {
-        return;
-    }
     // SAFETY: this process is single-threaded; the child goes on as the monitor.
     match unsafe { fork() } {
         Ok(ForkResult::Parent { .. }) => {}
         Ok(ForkResult::Child) => {
+            let mut out = std::fs::File::from(request.stdout);
+            if writeln!(out, "{ACCEPTED}").is_err() {
+                // The daemon gave up on this request.
+                // SAFETY: _exit skips the exit handlers of the preloading process this copies.
+                unsafe { libc::_exit(1) };
+            }
             retitle(&request.config);
             let code = match become_monitor(out, request.stderr, socket) {
                 Ok(()) => crate::monitor::forked(&request.config, preloaded),
