@@ -2,7 +2,7 @@
 //! cache, linked against WASI; and kept loaded, linked, by a preloading
 //! process whose forks start the program's containers.
 
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use wasmtime::component::{Component, ResourceTable};
@@ -60,7 +60,7 @@ impl Compiled {
     }
 
     /// Maps (modules) or reads (components) code from the cache; for a
-    /// module, also the fd its code stays mapped from (memory images too).
+    /// module, also `file`'s fd, which stays open for its memory images.
     pub(super) fn load(
         file: std::fs::File,
         kind: BinaryKind,
@@ -69,13 +69,12 @@ impl Compiled {
         let engine = cache::new_engine().map_err(wasmtime::Error::msg)?;
         // SAFETY: the cache is written only by cricket, under its root dir, synced before it
         // is renamed into place (never rewritten), and named by this engine's compatibility key.
-        // Modules are mapped from a sealed copy; wasmtime maps components only by path,
-        // which pivot_root may move meanwhile.
+        // Modules are mapped; wasmtime maps components only by path, which
+        // pivot_root may move meanwhile.
         let (code, fd) = match kind {
             BinaryKind::Module => {
-                let sealed = sealed_copy(file)?;
-                let fd = sealed.as_raw_fd();
-                (Code::Module(unsafe { Module::deserialize_open_file(&engine, sealed) }?), Some(fd))
+                let fd = file.as_raw_fd();
+                (Code::Module(unsafe { Module::deserialize_open_file(&engine, file) }?), Some(fd))
             }
             BinaryKind::Component => {
                 let data = read_all(file)?;
@@ -159,14 +158,23 @@ pub(super) fn find_cached(
         .find(|(path, _, _)| path.is_file())
 }
 
-/// `file`'s content in a sealed memfd (at fd CODE_FD_MIN or above), for
-/// mapping. A module's code file stays open in the containers that run it,
-/// where root could reopen it for writing through /proc/<pid>/fd; a sealed
-/// copy can't be written by anyone, so the cache file stays out of reach.
+/// `file`'s content in a sealed memfd (at fd CODE_FD_MIN or above), for a
+/// preloaded module: mapped once, by the preloading process, it stays open
+/// in every container its forks start, and nobody can change it there.
 fn sealed_copy(mut file: std::fs::File) -> std::io::Result<std::fs::File> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-    let memfd = memfd_create(c"cricket-wasm-code", MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING)?;
+    let create = |flags: libc::c_uint| {
+        // SAFETY: a NUL-terminated name and flags; returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"cricket-wasm-code".as_ptr(), flags) };
+        // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }).ok_or_else(std::io::Error::last_os_error)
+    };
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // Kernels since 6.3 want a word on exec; older ones refuse the flag.
+    let memfd = match create(flags | libc::MFD_NOEXEC_SEAL) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => create(flags)?,
+        other => other?,
+    };
     let high = fcntl(memfd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(CODE_FD_MIN))?;
     drop(memfd);
     // SAFETY: F_DUPFD_CLOEXEC just returned this descriptor; nothing else owns it.
@@ -199,8 +207,12 @@ impl Preloaded {
         let name = program.display().to_string();
         let (code, kind, early) = find_cached(dir, engine, image, program)
             .ok_or_else(|| LoadError::Invalid { path: name.clone(), reason: "no compiled code in the cache".into() })?;
-        let file = std::fs::File::open(&code)
-            .map_err(|source| LoadError::Read { path: code.display().to_string(), source })?;
+        let read = |source| LoadError::Read { path: code.display().to_string(), source };
+        let file = std::fs::File::open(&code).map_err(read)?;
+        let file = match kind {
+            BinaryKind::Module => sealed_copy(file).map_err(read)?,
+            BinaryKind::Component => file,
+        };
         let (compiled, fd) = Compiled::load(file, kind, early)
             .map_err(|e| LoadError::Invalid { path: code.display().to_string(), reason: format!("{e:#}") })?;
         Ok(Preloaded { linked: compiled.link(&name)?, code, fd })
