@@ -187,6 +187,12 @@ fn stage2(args: &InitArgs, plan: &NsPlan, channel: &Channel) -> StepResult<proce
             return Err(nix::errno::Errno::last()).ctx("TIOCSCTTY");
         }
     }
+    if loaded.is_some() {
+        // An exec'd workload gets its own process image; this one keeps the
+        // loader's host files open (compiled code), which root in a pod
+        // sharing the PID namespace could otherwise reopen through /proc/<pid>/fd.
+        nix::sys::prctl::set_dumpable(false).ctx("PR_SET_DUMPABLE")?;
+    }
     let linux = spec.linux().clone().unwrap_or_default();
     let prepared = process::secure(&proc_spec, linux.seccomp().as_ref(), apparmor, &mut warn)?;
     if let (None, Some(failure)) = (&loaded, prepared.missing_program()) {
