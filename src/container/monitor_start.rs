@@ -30,10 +30,21 @@ impl Containers {
         };
         let pool = self.images.programs();
         if let Some(preloader) = pool.get(&program) {
-            match preloader.fork_monitor(path).await.map_err(|e| e.to_string())? {
-                Reply::Forked { stdout, stderr } => return process::handshake(stdout, stderr).await,
-                Reply::Declined { gone: true } => pool.lost(&program, &preloader),
-                Reply::Declined { gone: false } => return process::exec_monitor(path).await,
+            // Any failure lets it go: a broken one must not fail every create of the program.
+            match preloader.fork_monitor(path).await {
+                Ok(Reply::Forked { stdout, stderr }) => {
+                    let created = process::handshake(stdout, stderr).await;
+                    if created.is_err() {
+                        pool.lost(&program, &preloader);
+                    }
+                    return created;
+                }
+                Ok(Reply::Declined { gone: false }) => return process::exec_monitor(path).await,
+                Ok(Reply::Declined { gone: true }) => pool.lost(&program, &preloader),
+                Err(e) => {
+                    pool.lost(&program, &preloader);
+                    return Err(e.to_string());
+                }
             }
         }
         let started = process::exec_monitor(path).await?;
