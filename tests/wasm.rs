@@ -391,6 +391,12 @@ async fn binary_module_refuses_exec_and_stops_on_sigterm() {
     let sleeper = f.run(&pod, &pc, f.container("sleeper", &["/bin/sleep", "1000"], &[])).await;
     let out = f.exec(&sleeper, &["/bin/echo", "hi"]).await.expect("ExecSync in the Linux container");
     assert_eq!((out.exit_code, out.stdout), (0, b"hi\n".to_vec()));
+    // Root in a container of the pod (its PID namespace shared) can't reach the
+    // wasm init's descriptors (its compiled code's file among them).
+    let probe = "for p in /proc/[0-9]*; do case $(tr '\\0' ' ' < $p/cmdline) in cricket*monitor*) \
+                 readlink $p/fd/0 >/dev/null 2>&1 && echo open || echo denied;; esac; done";
+    let out = f.exec(&sleeper, &["/bin/sh", "-c", probe]).await.expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "denied\n", "{out:?}");
     // A module that parses but can't be linked fails the start like a failed exec.
     let bad = f.create(&pod, &pc, f.container("bad", &["/unlinkable.wat"], &[])).await;
     let err = f.start(&bad).await.unwrap_err();
@@ -749,7 +755,10 @@ async fn preloaded_programs_fork_monitors_and_go_with_the_daemon_or_the_image() 
     // The first start of a program runs a monitor of its own; then the program is preloaded.
     let mut app = f.container("app1", &[], &["one", "two words"]);
     app.envs = vec![cri::KeyValue { key: "GREETING".into(), value: "hello".into() }];
-    let first = f.run(&pod, &pc, app.clone()).await;
+    let first = f.create(&pod, &pc, app.clone()).await;
+    let own = parent(f.monitor(&first).await);
+    assert!(!cmdline(own).contains(&"wasm-preload".to_string()), "{:?}", cmdline(own));
+    f.start(&first).await.expect("StartContainer");
     assert_eq!(f.wait_exit(&first).await.exit_code, 99);
     let preloader = wait_preloader(&f.d, &[]).await;
     let threads = stat_field(preloader, 20);
@@ -763,9 +772,28 @@ async fn preloaded_programs_fork_monitors_and_go_with_the_daemon_or_the_image() 
     f.start(&second).await.expect("StartContainer");
     assert_eq!(f.wait_exit(&second).await.exit_code, 99);
     assert_eq!(f.log("pre", "app2"), f.log("pre", "app1"));
+    // A burst: every monitor is forked, one after the other.
+    let burst = |name: &str| {
+        let mut c = f.container(name, &["/two.wat"], &[]);
+        c.metadata.as_mut().unwrap().name = name.into();
+        c
+    };
+    let two = f.run(&pod, &pc, burst("two")).await;
+    assert_eq!(f.wait_exit(&two).await.exit_code, 1);
+    let two_preloader = wait_preloader(&f.d, &[preloader]).await;
+    let (a, b, c) = tokio::join!(
+        f.create(&pod, &pc, burst("b1")),
+        f.create(&pod, &pc, burst("b2")),
+        f.create(&pod, &pc, burst("b3"))
+    );
+    for id in [a, b, c] {
+        assert_eq!(parent(f.monitor(&id).await), two_preloader);
+        f.start(&id).await.expect("StartContainer");
+        assert_eq!(f.wait_exit(&id).await.exit_code, 1);
+    }
 
     let spin1 = f.run(&pod, &pc, f.container("spin1", &["/spin.wasm"], &[])).await;
-    let spin_preloader = wait_preloader(&f.d, &[preloader]).await;
+    let spin_preloader = wait_preloader(&f.d, &[preloader, two_preloader]).await;
     let spin2 = f.run(&pod, &pc, f.container("spin2", &["/spin.wasm"], &[])).await;
     let monitor = f.monitor(&spin2).await;
     assert_eq!(parent(monitor), spin_preloader);
@@ -775,7 +803,7 @@ async fn preloaded_programs_fork_monitors_and_go_with_the_daemon_or_the_image() 
 
     // A restart lets the preloaded programs go; the containers they started live on.
     f.d.restart().await;
-    wait_gone(&[preloader, spin_preloader], 10).await;
+    wait_gone(&[preloader, two_preloader, spin_preloader], 10).await;
     for id in [&spin2, &spin1] {
         let req = cri::StopContainerRequest { container_id: id.clone(), timeout: 30 };
         f.d.runtime().await.stop_container(req).await.expect("StopContainer");
@@ -793,37 +821,52 @@ async fn preloaded_programs_fork_monitors_and_go_with_the_daemon_or_the_image() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn preloaded_programs_go_when_over_the_limit_or_stuck() {
-    let f = Fixture::with_config("[wasm]\npreloaded = 1\n").await;
+    let f = Fixture::with_config("[wasm]\npreloaded = 2\n").await;
     let (pod, pc) = f.pod("limit").await;
-    let two = f.run(&pod, &pc, f.container("two", &["/two.wat"], &[])).await;
-    assert_eq!(f.wait_exit(&two).await.exit_code, 1);
-    let first = wait_preloader(&f.d, &[]).await;
-    // Room for one: the least recently used goes at once.
-    let trap = f.run(&pod, &pc, f.container("trap", &["/trap.wasm"], &[])).await;
-    assert_eq!(f.wait_exit(&trap).await.exit_code, 1);
-    let second = wait_preloader(&f.d, &[first]).await;
-    wait_gone(&[first], 2).await;
+    let run = |name: &str, program: &str, code: i32| {
+        let (config, program) = (f.container(name, &[program], &[]), program.to_string());
+        let (f, pod, pc) = (&f, &pod, &pc);
+        async move {
+            let id = f.run(pod, pc, config).await;
+            assert_eq!(f.wait_exit(&id).await.exit_code, code, "{program}");
+        }
+    };
+    run("two", "/two.wat", 1).await;
+    let two = wait_preloader(&f.d, &[]).await;
+    run("trap", "/trap.wasm", 1).await;
+    let trap = wait_preloader(&f.d, &[two]).await;
+    // Room for two: a third program lets the least recently used go, at once.
+    run("two-again", "/two.wat", 1).await;
+    run("cli", "/cli.wasm", 5).await;
+    wait_gone(&[trap], 2).await;
+    assert!(is_running(two), "the program used last is kept");
+    let cli = wait_preloader(&f.d, &[two, trap]).await;
     // One that takes no request (stopped) is killed, and the container gets a monitor of its own.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second), nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let again = f.create(&pod, &pc, f.container("again", &["/trap.wasm"], &[])).await;
-    assert_ne!(parent(f.monitor(&again).await), second);
-    wait_gone(&[second], 10).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(two), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let again = f.create(&pod, &pc, f.container("stuck", &["/two.wat"], &[])).await;
+    assert_ne!(parent(f.monitor(&again).await), two);
+    wait_gone(&[two], 10).await;
     f.start(&again).await.expect("StartContainer");
     assert_eq!(f.wait_exit(&again).await.exit_code, 1);
-    assert!(f.log("limit", "again").iter().any(|l| l.contains("wasm trap")));
     // And the program is preloaded again.
-    wait_preloader(&f.d, &[first, second]).await;
+    wait_preloader(&f.d, &[two, trap, cli]).await;
     f.finish(&[&pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn preloaded_programs_go_when_idle() {
-    let f = Fixture::with_config("[wasm]\npreload_idle_secs = 1\n").await;
+    let f = Fixture::with_config("[wasm]\npreload_idle_secs = 2\n").await;
     let (pod, pc) = f.pod("idle").await;
     let two = f.run(&pod, &pc, f.container("two", &["/two.wat"], &[])).await;
     assert_eq!(f.wait_exit(&two).await.exit_code, 1);
     let preloader = wait_preloader(&f.d, &[]).await;
     wait_gone(&[preloader], 10).await;
     assert!(f.d.preloader_pids().is_empty());
+    // Forgotten by the daemon too: the next start runs a monitor of its own, and preloads again.
+    let again = f.create(&pod, &pc, f.container("again", &["/two.wat"], &[])).await;
+    assert!(!cmdline(parent(f.monitor(&again).await)).contains(&"wasm-preload".to_string()));
+    f.start(&again).await.expect("StartContainer");
+    assert_eq!(f.wait_exit(&again).await.exit_code, 1);
+    wait_preloader(&f.d, &[preloader]).await;
     f.finish(&[&pod]).await;
 }
