@@ -11,23 +11,25 @@ use crate::monitor::config::MonitorConfig;
 impl Containers {
     /// Writes `monitor.json` to `path`, starts the monitor and waits for the
     /// created init: (monitor, init). `program` is a wasm program's path in the rootfs.
-    #[cfg(feature = "wasm")]
     pub(super) async fn start_monitor(
         &self,
         config: &MonitorConfig,
         path: &Path,
-        program: Option<&Path>,
+        #[cfg_attr(not(feature = "wasm"), allow(unused_variables))] program: Option<&Path>,
     ) -> Result<(Proc, Proc), String> {
-        use crate::monitor::config::RuntimeKind;
-        use crate::wasm::pool::{Program, Reply};
         process::write_config(config, path)?;
-        let program = match (&config.runtime, program) {
-            // Without both keys (a record older than them) nothing is cached.
-            (RuntimeKind::Wasm { engine, image, .. }, Some(p)) if !engine.is_empty() && !image.is_empty() => {
-                Program { image: image.clone(), path: p.to_path_buf(), engine: engine.clone() }
-            }
-            _ => return process::exec_monitor(path).await,
-        };
+        #[cfg(feature = "wasm")]
+        if let Some(program) = preloadable(config, program) {
+            return self.start_preloaded(path, program).await;
+        }
+        process::exec_monitor(path).await
+    }
+
+    /// Through the program's preloading process if it runs; else exec'd,
+    /// and the program preloaded for the next time.
+    #[cfg(feature = "wasm")]
+    async fn start_preloaded(&self, path: &Path, program: crate::wasm::pool::Program) -> Result<(Proc, Proc), String> {
+        use crate::wasm::pool::Reply;
         let pool = self.images.programs();
         if let Some(preloader) = pool.get(&program) {
             // Any failure lets it go: a broken one must not fail every create of the program.
@@ -51,15 +53,18 @@ impl Containers {
         pool.preload(program);
         Ok(started)
     }
+}
 
-    #[cfg(not(feature = "wasm"))]
-    pub(super) async fn start_monitor(
-        &self,
-        config: &MonitorConfig,
-        path: &Path,
-        _program: Option<&Path>,
-    ) -> Result<(Proc, Proc), String> {
-        process::write_config(config, path)?;
-        process::exec_monitor(path).await
+/// The program a wasm container runs, as the cache names it.
+#[cfg(feature = "wasm")]
+fn preloadable(config: &MonitorConfig, program: Option<&Path>) -> Option<crate::wasm::pool::Program> {
+    match (&config.runtime, program) {
+        // Without both keys (a record older than them) nothing is cached.
+        (crate::monitor::config::RuntimeKind::Wasm { engine, image, .. }, Some(p))
+            if !engine.is_empty() && !image.is_empty() =>
+        {
+            Some(crate::wasm::pool::Program { image: image.clone(), path: p.to_path_buf(), engine: engine.clone() })
+        }
+        _ => None,
     }
 }

@@ -59,29 +59,22 @@ impl Compiled {
         Ok((Compiled { engine, code, early: !runs_code_when_instantiated(&binary) }, serialized))
     }
 
-    /// Maps (modules) or reads (components) code from the cache; for a
-    /// module, also `file`'s fd, which stays open for its memory images.
-    pub(super) fn load(
-        file: std::fs::File,
-        kind: BinaryKind,
-        early: bool,
-    ) -> wasmtime::Result<(Compiled, Option<RawFd>)> {
+    /// Maps (modules; `file` stays open for their memory images) or reads
+    /// (components) code from the cache.
+    pub(super) fn load(file: std::fs::File, kind: BinaryKind, early: bool) -> wasmtime::Result<Compiled> {
         let engine = cache::new_engine().map_err(wasmtime::Error::msg)?;
         // SAFETY: the cache is written only by cricket, under its root dir, synced before it
         // is renamed into place (never rewritten), and named by this engine's compatibility key.
         // Modules are mapped; wasmtime maps components only by path, which
         // pivot_root may move meanwhile.
-        let (code, fd) = match kind {
-            BinaryKind::Module => {
-                let fd = file.as_raw_fd();
-                (Code::Module(unsafe { Module::deserialize_open_file(&engine, file) }?), Some(fd))
-            }
+        let code = match kind {
+            BinaryKind::Module => Code::Module(unsafe { Module::deserialize_open_file(&engine, file) }?),
             BinaryKind::Component => {
                 let data = read_all(file)?;
-                (Code::Component(unsafe { Component::deserialize(&engine, data) }?), None)
+                Code::Component(unsafe { Component::deserialize(&engine, data) }?)
             }
         };
-        Ok((Compiled { engine, code, early }, fd))
+        Ok(Compiled { engine, code, early })
     }
 
     pub(super) fn early(&self) -> bool {
@@ -209,11 +202,16 @@ impl Preloaded {
             .ok_or_else(|| LoadError::Invalid { path: name.clone(), reason: "no compiled code in the cache".into() })?;
         let read = |source| LoadError::Read { path: code.display().to_string(), source };
         let file = std::fs::File::open(&code).map_err(read)?;
-        let file = match kind {
-            BinaryKind::Module => sealed_copy(file).map_err(read)?,
-            BinaryKind::Component => file,
+        let (file, fd) = match kind {
+            BinaryKind::Module => {
+                let sealed = sealed_copy(file).map_err(read)?;
+                let fd = sealed.as_raw_fd();
+                (sealed, Some(fd))
+            }
+            // Read whole and closed.
+            BinaryKind::Component => (file, None),
         };
-        let (compiled, fd) = Compiled::load(file, kind, early)
+        let compiled = Compiled::load(file, kind, early)
             .map_err(|e| LoadError::Invalid { path: code.display().to_string(), reason: format!("{e:#}") })?;
         Ok(Preloaded { linked: compiled.link(&name)?, code, fd })
     }

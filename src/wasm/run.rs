@@ -151,7 +151,7 @@ impl Prepared {
             Opened::Built(compiled) => compiled.link(name)?,
             Opened::Files { code, kind, early, path, program } => {
                 match code.and_then(|file| Compiled::load(file, kind, early).map_err(|e| format!("{e:#}"))) {
-                    Ok((compiled, _)) => compiled,
+                    Ok(compiled) => compiled,
                     Err(reason) => {
                         warnings.push(format!("compiled code {path}: {reason}; compiling {name} again"));
                         let bytes = program.and_then(|file| read_all(file).map_err(|e| format!("{e:#}")));
