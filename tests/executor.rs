@@ -126,6 +126,9 @@ impl Background {
                     return bg;
                 }
             }
+            if let Some(status) = bg.child.try_wait().unwrap() {
+                panic!("cricket run ended ({status}) before the container started");
+            }
             assert!(Instant::now() < deadline, "container did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -310,14 +313,15 @@ fn joins_an_existing_network_namespace() {
     assert!(stdout(&out).contains("crkt0:"), "{}", stdout(&out));
 }
 
-/// A pids cgroup (v1) or a v2 cgroup, removed on drop.
+/// A pids cgroup (v1) or a v2 cgroup, removed on drop. Named per test: tests
+/// run in parallel, and one's drop must not remove the other's cgroup.
 struct TestCgroup(PathBuf);
 
 impl TestCgroup {
-    fn new() -> TestCgroup {
+    fn new(test: &str) -> TestCgroup {
         let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
         let base = if v2 { Path::new("/sys/fs/cgroup") } else { Path::new("/sys/fs/cgroup/pids") };
-        let dir = base.join(format!("cricket-exec-test-{}", std::process::id()));
+        let dir = base.join(format!("cricket-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         TestCgroup(dir)
     }
@@ -331,7 +335,7 @@ impl Drop for TestCgroup {
 
 #[test]
 fn joins_the_given_cgroup() {
-    let cgroup = TestCgroup::new();
+    let cgroup = TestCgroup::new("joins");
     let bundle = Bundle::new();
     bundle.write(&config(&["sleep", "30"]));
     let bg = Background::start(&bundle, &["--cgroup", cgroup.0.to_str().unwrap()]);
@@ -501,7 +505,7 @@ fn terminal_gets_a_controlling_tty_and_console() {
 
 #[test]
 fn exec_joins_the_containers_cgroup() {
-    let cgroup = TestCgroup::new();
+    let cgroup = TestCgroup::new("exec-joins");
     let bundle = Bundle::new();
     bundle.write(&config(&["sleep", "30"]));
     let bg = Background::start(&bundle, &["--cgroup", cgroup.0.to_str().unwrap()]);
