@@ -90,6 +90,7 @@ fn exec(args: &ExecArgs) -> StepResult<i32> {
     drop((namespaces, root));
     let pty = if args.console { Some(send_terminal(proc_spec.user())?) } else { None };
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx("pipe")?;
+    signals::hold();
     // SAFETY: this helper is single-threaded.
     match unsafe { fork() }.ctx("fork")? {
         ForkResult::Child => {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
@@ -27,6 +27,22 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
+fn forwarded() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in FORWARDED {
+        set.add(sig);
+    }
+    set
+}
+
+/// Blocks the forwarded signals until `forward_to`: one that comes while the
+/// child is being forked then reaches the child instead of killing this
+/// helper. The child unblocks them in `reset_for_workload`.
+pub fn hold() {
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded()), None);
+}
+
+/// Sends what this helper receives to `pid` from now on, including signals held since `hold`.
 pub fn forward_to(pid: Pid) {
     TARGET.store(pid.as_raw(), Ordering::Relaxed);
     let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
@@ -34,6 +50,7 @@ pub fn forward_to(pid: Pid) {
         // SAFETY: the handler only calls kill.
         let _ = unsafe { sigaction(sig, &action) };
     }
+    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&forwarded()), None);
 }
 
 /// Reaps children until `pid` exits; its exit code, or 128 + signal.
@@ -56,7 +73,7 @@ pub const FAULT_SIGNALS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::
 /// that an in-process workload needs). Rust ignores SIGPIPE and the monitor
 /// blocks SIGCHLD and SIGHUP; both would otherwise survive execve into the container.
 pub fn reset_for_workload(keep: &[libc::c_int]) {
-    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // The raw syscall, as glibc refuses its own real-time signals (32, 33) in sigaction().
     // All zero is SIG_DFL, no flags, an empty mask, whatever the arch's field order.
     let default = [0u64; 4];
