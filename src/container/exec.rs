@@ -1,6 +1,7 @@
 //! ExecSync: a command run in a container through the `cricket exec` helper,
 //! with its output captured and a deadline that kills it.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,8 @@ const MAX_OUTPUT: usize = 16 << 20;
 /// After the command exits, how long to wait for its pipes to reach EOF: a
 /// background child that keeps them open must not hang the probe.
 const DRAIN_GRACE: Duration = Duration::from_millis(200);
+/// What is read of a pipe after the grace: about what a full pipe holds.
+const DRAIN_LAST: usize = 1 << 20;
 
 #[derive(Debug, Default)]
 pub struct ExecOutput {
@@ -27,18 +30,46 @@ pub struct ExecOutput {
 
 type Buffer = Arc<Mutex<Vec<u8>>>;
 
-fn collect(mut from: impl AsyncRead + Unpin + Send + 'static, into: Buffer) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut chunk = vec![0u8; 16 << 10];
-        while let Ok(n) = from.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            let mut buf = into.lock().unwrap();
-            let room = MAX_OUTPUT.saturating_sub(buf.len());
-            buf.extend_from_slice(&chunk[..n.min(room)]);
+fn keep(into: &Buffer, data: &[u8]) {
+    let mut buf = into.lock().unwrap();
+    let room = MAX_OUTPUT.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+/// Reads `from` into `into` until EOF, or until `stop` is set: then it takes
+/// only what the pipe already holds, with plain non-blocking reads, since on
+/// a busy machine the reactor may not have seen the command's last output yet.
+async fn collect<R>(mut from: R, into: Buffer, mut stop: tokio::sync::watch::Receiver<bool>)
+where
+    R: AsyncRead + AsRawFd + Unpin,
+{
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        tokio::select! {
+            biased;
+            read = from.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => keep(&into, &chunk[..n]),
+            },
+            _ = stop.changed() => break,
         }
-    })
+    }
+    let fd = from.as_raw_fd();
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap_or(0);
+    let nonblocking = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nonblocking)).is_err() {
+        return;
+    }
+    let mut left = DRAIN_LAST;
+    while left > 0 {
+        match nix::unistd::read(fd, &mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                keep(&into, &chunk[..n]);
+                left = left.saturating_sub(n);
+            }
+        }
+    }
 }
 
 /// An exec ready to spawn: `command` runs the `cricket exec` helper (stdio
@@ -160,16 +191,15 @@ async fn run(id: &str, mut prepared: PreparedExec, timeout_secs: i64) -> Result<
         .spawn()
         .map_err(|e| err(format!("cannot start the exec helper: {e}")))?;
     let (out, errs) = (Buffer::default(), Buffer::default());
-    let readers = [
-        collect(child.stdout.take().ok_or_else(|| err("no stdout".into()))?, out.clone()),
-        collect(child.stderr.take().ok_or_else(|| err("no stderr".into()))?, errs.clone()),
-    ];
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut readers = tokio::task::JoinSet::new();
+    readers.spawn(collect(child.stdout.take().ok_or_else(|| err("no stdout".into()))?, out.clone(), stopped.clone()));
+    readers.spawn(collect(child.stderr.take().ok_or_else(|| err("no stderr".into()))?, errs.clone(), stopped));
     let status = if timeout_secs > 0 {
         match tokio::time::timeout(Duration::from_secs(timeout_secs as u64), child.wait()).await {
             Ok(status) => status,
             Err(_) => {
                 kill_command(&mut child).await;
-                readers.iter().for_each(|r| r.abort());
                 return Err(ContainerError::ExecTimeout { id: id.to_string(), secs: timeout_secs });
             }
         }
@@ -177,12 +207,11 @@ async fn run(id: &str, mut prepared: PreparedExec, timeout_secs: i64) -> Result<
         child.wait().await
     }
     .map_err(|e| err(format!("waiting for the exec helper: {e}")))?;
-    for reader in readers {
-        let abort = reader.abort_handle();
-        if tokio::time::timeout(DRAIN_GRACE, reader).await.is_err() {
-            abort.abort();
-            tracing::debug!(container = %id, "exec output still open after the command exited; not waiting for it");
-        }
+    let all_read = async { while readers.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_GRACE, all_read).await.is_err() {
+        let _ = stop.send(true);
+        while readers.join_next().await.is_some() {}
+        tracing::debug!(container = %id, "exec output still open after the command exited; not waiting for it");
     }
     use std::os::unix::process::ExitStatusExt;
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
@@ -192,15 +221,20 @@ async fn run(id: &str, mut prepared: PreparedExec, timeout_secs: i64) -> Result<
 
 /// Kills the command the helper runs, then lets the helper reap it and exit:
 /// killing the helper first would leave the command's zombie to the
-/// container's init, which may never reap it.
+/// container's init, which may never reap it. A helper still joining the
+/// container forks later, so its children are looked up until it is gone.
 async fn kill_command(helper: &mut tokio::process::Child) {
-    if let Some(pid) = helper.id() {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Some(pid) = helper.id() {
         let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
-    }
-    if tokio::time::timeout(Duration::from_secs(2), helper.wait()).await.is_err() {
-        let _ = helper.kill().await;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let _ = helper.kill().await;
+            return;
+        }
+        let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(20)), helper.wait()).await;
     }
 }
