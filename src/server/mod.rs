@@ -50,6 +50,8 @@ pub enum ServeError {
     Streaming { address: String, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot handle SIGTERM and SIGINT: {0}")]
+    Signals(std::io::Error),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
@@ -58,6 +60,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
+    // Before anything else: a stop that comes while state loads, or right
+    // after the socket is bound, must be a clean shutdown, not the default death.
+    let stop_signals = StopSignals::install()?;
     for dir in [&config.root, &config.run] {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
@@ -100,7 +105,7 @@ pub async fn serve(config: Arc<Config>) -> Result<(), ServeError> {
     notify_ready();
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel();
     let signalled = async move {
-        shutdown_signal().await;
+        stop_signals.recv().await;
         let _ = stopping_tx.send(());
     };
     let server = tonic::transport::Server::builder()
@@ -188,13 +193,22 @@ fn notify_ready() {
     }
 }
 
-async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop cricket with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals, ServeError> {
+        let term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+        let int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+        Ok(StopSignals { term, int })
+    }
+
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
     }
 }
