@@ -206,10 +206,13 @@ impl Fixture {
     }
 }
 
-/// Parsed CRI log lines: (stream, tag, text); checks each timestamp.
+/// Parsed CRI log lines: (stream, tag, text); checks each timestamp. A line
+/// the monitor is still writing (no newline yet) is left out.
 fn log_lines(path: &Path) -> Vec<(String, String, String)> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .map(|line| {
             let mut parts = line.splitn(4, ' ');
             let ts = parts.next().unwrap();
@@ -218,6 +221,19 @@ fn log_lines(path: &Path) -> Vec<(String, String, String)> {
             (stream, tag, parts.next().unwrap_or("").to_string())
         })
         .collect()
+}
+
+/// The log's lines once it has at least `n`: a workload runs at its own pace.
+async fn wait_lines(path: &Path, n: usize) -> Vec<(String, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = if path.exists() { log_lines(path) } else { Vec::new() };
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "{}: {} lines after 20s, {n} awaited", path.display(), lines.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn line(stream: &str, text: &str) -> (String, String, String) {
@@ -272,7 +288,8 @@ async fn container_runs_logs_and_exits_with_its_code(handler: Handler) {
 async fn exec_sync_output_codes_and_timeouts(handler: Handler) {
     let f = Fixture::new(handler).await;
     let (pod, pc) = f.pod("exec").await;
-    let id = f.run(&pod, &pc, "sleeper", "echo ready > /tmp/ready; exec sleep 1000").await;
+    let id = f.run(&pod, &pc, "sleeper", "echo ready > /tmp/ready; echo ready; exec sleep 1000").await;
+    wait_lines(&f.log_file("exec", "sleeper"), 1).await;
     let r = f.exec(&id, &["/bin/sh", "-c", "echo hello; echo oops >&2; exit 7"], 10).await.unwrap();
     assert_eq!((r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code), (&b"hello\n"[..], &b"oops\n"[..], 7));
     // Same mount namespace as the container: it sees the file the workload wrote.
@@ -321,9 +338,10 @@ async fn stop_signals_then_kills(handler: Handler) {
     let f = Fixture::with_image(handler, image).await;
     let (pod, pc) = f.pod("stop").await;
     // Exits 42 on the image's stop signal.
-    let polite = f.run(&pod, &pc, "polite", "trap 'exit 42' USR1; while true; do sleep 0.1; done").await;
-    let stubborn = f.run(&pod, &pc, "stubborn", "trap '' USR1 TERM; while true; do sleep 0.1; done").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let polite = f.run(&pod, &pc, "polite", "trap 'exit 42' USR1; echo armed; while true; do sleep 0.1; done").await;
+    let stubborn = f.run(&pod, &pc, "stubborn", "trap '' USR1 TERM; echo armed; while true; do sleep 0.1; done").await;
+    wait_lines(&f.log_file("stop", "polite"), 1).await;
+    wait_lines(&f.log_file("stop", "stubborn"), 1).await;
     f.stop(&polite, 30).await.unwrap();
     let st = f.status(&polite).await.unwrap();
     assert_eq!((st.state, st.exit_code), (EXITED, 42));
@@ -404,7 +422,8 @@ async fn stats_update_and_log_reopen(handler: Handler) {
     let (pod, pc) = f.pod("stats").await;
     let script = "i=0; while true; do i=$((i+1)); echo line$i; sleep 0.05; done";
     let id = f.run(&pod, &pc, "busy", script).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = f.log_file("stats", "busy");
+    wait_lines(&log, 3).await;
     let mut rt = f.d.runtime().await;
     let req = cri::ContainerStatsRequest { container_id: id.clone() };
     let s = rt.container_stats(req).await.unwrap().into_inner().stats.unwrap();
@@ -437,11 +456,10 @@ async fn stats_update_and_log_reopen(handler: Handler) {
     assert_eq!(std::fs::read_to_string(mem.join(file)).unwrap().trim(), limit.to_string());
 
     // Rotation as kubelet does it: rename, reopen; no line is lost or duplicated.
-    let log = f.log_file("stats", "busy");
     let rotated = log.with_extension("log.1");
     std::fs::rename(&log, &rotated).unwrap();
     rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() }).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_lines(&log, 3).await;
     f.stop(&id, 0).await.unwrap();
     let numbers: Vec<u64> = [rotated, log]
         .iter()
@@ -538,7 +556,7 @@ async fn security_settings_apply(handler: Handler) {
     let id = f.run(&pod, &pc, "signals", "grep -E '^Sig(Blk|Ign)' /proc/self/status; exec sleep 1000").await;
     let r = f.exec(&id, &["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"], 10).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&r.stdout), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
-    let text: Vec<String> = log_lines(&f.log_file("sec", "signals")).into_iter().map(|l| l.2).collect();
+    let text: Vec<String> = wait_lines(&f.log_file("sec", "signals"), 2).await.into_iter().map(|l| l.2).collect();
     assert_eq!(text, ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"]);
 
     let mut c = f.container("group-only", "true");
@@ -639,12 +657,13 @@ async fn every_handler_gives_the_same_logs_exit_and_status() {
     let f = Fixture::new(Handler::Linux).await;
     let volume = tempdir();
     std::fs::write(volume.path().join("in.txt"), "from the volume\n").unwrap();
-    // Sleeps keep the order between the two streams; the long line becomes P + F;
-    // the last stderr text has no newline and ends with the stream.
+    // The long line becomes P + F; the last stderr text has no newline and
+    // ends with the stream. Only the order within each stream is compared:
+    // the monitor reads the two pipes as they come.
     let long = 20_000;
     let script = format!(
-        "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; cat /data/in.txt; sleep 0.2; \
-         head -c {long} /dev/zero | tr '\\0' x; echo; sleep 0.2; printf tail >&2; exit 42"
+        "echo out1; echo err1 >&2; cat /data/in.txt; \
+         head -c {long} /dev/zero | tr '\\0' x; echo; printf tail >&2; exit 42"
     );
     let mut observed = Vec::new();
     for handler in Handler::ALL {
@@ -716,15 +735,20 @@ async fn every_handler_gives_the_same_logs_exit_and_status() {
         line("stdout", &x[16 * 1024..]),
         line("stderr", "tail"),
     ];
-    assert!(reference.log == expected, "{first:?}'s log: {:?}", summary(&reference.log));
+    assert!(by_stream(&reference.log) == by_stream(&expected), "{first:?}'s log: {:?}", summary(&reference.log));
     assert_eq!((reference.exit_code, reference.reason.as_str(), reference.state), (42, "Error", EXITED));
     assert_eq!(reference.log_file, Path::new("main.log"));
     for (handler, other) in &observed[1..] {
-        assert!(other.log == reference.log, "{handler:?}'s log: {:?}", summary(&other.log));
+        assert!(by_stream(&other.log) == by_stream(&reference.log), "{handler:?}'s log: {:?}", summary(&other.log));
         let (a, b) = (Observed { log: Vec::new(), ..other.clone() }, Observed { log: Vec::new(), ..reference.clone() });
         assert_eq!(a, b, "{handler:?} differs from {first:?}");
     }
     f.finish(&[]).await;
+}
+
+/// Log lines split by stream, in order within each.
+fn by_stream(log: &[(String, String, String)]) -> [Vec<&(String, String, String)>; 2] {
+    ["stdout", "stderr"].map(|stream| log.iter().filter(|l| l.0 == stream).collect())
 }
 
 /// Log lines with long texts shortened, for messages.

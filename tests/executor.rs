@@ -463,13 +463,17 @@ fn unprivileged_limits_are_warnings() {
     assert!(applied || stderr(&out).contains("warning: oom_score_adj -1000 not set"), "{}", stderr(&out));
 }
 
-/// A pty pair: (controller, replica).
+/// A pty pair: (controller, replica), close-on-exec, so that commands other
+/// tests start meanwhile don't hold the replica open.
 fn openpty() -> (std::fs::File, std::fs::File) {
     let (mut controller, mut replica) = (0, 0);
     let rc = unsafe {
         libc::openpty(&mut controller, &mut replica, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
     };
     assert_eq!(rc, 0);
+    for fd in [controller, replica] {
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }, 0);
+    }
     use std::os::fd::FromRawFd;
     unsafe { (std::fs::File::from_raw_fd(controller), std::fs::File::from_raw_fd(replica)) }
 }

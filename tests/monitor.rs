@@ -418,7 +418,8 @@ fn drain_is_bounded_when_a_leftover_holds_the_pipes() {
     let t = Instant::now();
     assert_eq!(case.request("start"), "ok");
     assert_eq!(case.exit_record()["exit_code"], 0);
-    assert!(t.elapsed() < Duration::from_secs(5), "drained for {:?}", t.elapsed());
+    // Bounded: far below the sleeper's 60 s, with room for a slow machine.
+    assert!(t.elapsed() < Duration::from_secs(20), "drained for {:?}", t.elapsed());
     assert!(t.elapsed() >= Duration::from_secs(2), "the sleeper held stdout: the monitor waited");
     let diagnostics = fs::read_to_string(case.run_dir().join("monitor.log")).unwrap();
     assert!(diagnostics.contains("still open"), "{diagnostics}");
