@@ -473,7 +473,8 @@ struct Cancellable<R> {
 impl<R: std::io::Read> std::io::Read for Cancellable<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.cancelled.load(Ordering::Relaxed) {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "pull cancelled"));
+            // Not ErrorKind::Interrupted: readers retry that, forever.
+            return Err(std::io::Error::other("pull cancelled"));
         }
         self.inner.read(buf)
     }
@@ -551,6 +552,51 @@ fn choose_platform(index: &OciImageIndex) -> Result<String, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Gives `data` 512 bytes a read, and cancels once half of it is out.
+    struct CancelHalfway {
+        data: Vec<u8>,
+        at: usize,
+        cancelled: Arc<AtomicBool>,
+    }
+
+    impl std::io::Read for CancelHalfway {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(512).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            if self.at >= self.data.len() / 2 {
+                self.cancelled.store(true, Ordering::Relaxed);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_cancelled_unpack_fails_instead_of_retrying() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let content: Vec<u8> = (0..64 << 10).map(|i| (i * 7 % 251) as u8).collect();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "file", &content[..]).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+        let data = gz.finish().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let reader = Cancellable { inner: CancelHalfway { data, at: 0, cancelled: cancelled.clone() }, cancelled };
+        let path = dest.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // On its own thread: a reader that retries the cancellation spins forever.
+        std::thread::spawn(move || {
+            let digest = format!("sha256:{}", "0".repeat(64));
+            let _ = tx.send(unpack::apply_layer(reader, Compression::Gzip, &digest, None, &path).map(|_| ()));
+        });
+        let result = rx.recv_timeout(Duration::from_secs(20)).expect("the unpack kept reading a cancelled pull");
+        let err = result.expect_err("a cancelled pull unpacked");
+        assert!(format!("{err}").contains("pull cancelled"), "{err}");
+    }
 
     #[test]
     fn manifests_parse_and_reject() {
