@@ -831,13 +831,8 @@ async fn handler_options_place_monitors_and_withhold_host_devices() {
         assert_eq!(info["monitorCgroup"].is_null(), monitors_in == "daemon", "{info}");
         // The container itself stays in its own cgroup, whatever the monitor's.
         assert_eq!(cgroup_of(init, ctl), format!("/cricket/pod-{pod}/{id}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let log = f.logs.path().join(format!("opt-{monitors_in}")).join("probe.log");
-        while log_lines(&log).len() < 2 {
-            assert!(Instant::now() < deadline, "no output from the probe of {handler:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let text: Vec<String> = log_lines(&log).into_iter().map(|l| l.2).collect();
+        let log = f.log_file(&format!("opt-{monitors_in}"), "probe");
+        let text: Vec<String> = wait_lines(&log, 2).await.into_iter().map(|l| l.2).collect();
         let devices = if handler == "runc-pod" { "no-host-devices" } else { "host-devices" };
         assert_eq!(text[0], devices, "handler {handler:?}");
         // Privileged all the same: every capability the daemon may grant.
